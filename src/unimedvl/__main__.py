@@ -1,0 +1,5 @@
+import sys
+
+from unimedvl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,14 @@
+"""Files shipped with the package: the built-in model and sample images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent
+REFERENCE_TINY = ASSETS / "reference-tiny"
+SAMPLES = ASSETS / "samples"
+
+
+def default_checkpoint() -> Path:
+    """The model the CLI uses when no --checkpoint is given (for now the tiny reference fixture)."""
+    return REFERENCE_TINY

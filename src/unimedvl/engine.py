@@ -1,0 +1,407 @@
+"""One loaded model serving every task: questions and reports, text-to-image, editing, interleaved.
+
+    >>> mv = UniMedVL.from_pretrained("tests/fixtures/reference-tiny")
+    >>> mv.ask(["cxr.png"], "Describe the findings.").text
+    >>> mv.generate("A chest X-ray with pneumonia.", height=256, width=256, seed=0)   # PIL image
+    >>> mv.edit("he.png", "Convert this H&E stain to a HER2 IHC stain.", seed=0)
+
+Contexts follow the reference inferencer exactly (reference-architecture.md §3):
+
+* understanding (`ask`, the reference `Bagel.chat`): each image as a ViT block (VQA resize rule),
+  then the question as one text segment, then decoding from `<|im_start|>`;
+* generation (`interleave`, the reference `interleave_inference`): every input image is resized by
+  the VAE rule and enters as a VAE block then a ViT block; three contexts are kept - the full one,
+  a text-unconditional one (state before the last text) and an image-unconditional one (texts only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence
+
+import torch
+from PIL import Image
+
+from unimedvl.errors import InputError
+from unimedvl.images import (UNIMEDVL_GEN_VIT, UNIMEDVL_VAE, UNIMEDVL_VQA_VIT, ImageLike, ResizeRule,
+                             load_image, to_tensor, to_uint8)
+from unimedvl.loading import LoadedCheckpoint, load_checkpoint
+from unimedvl.model.kv_cache import KVCache
+from unimedvl.model.packing import unpatchify
+from unimedvl.sampling import Branch, GuidanceOptions, StepRecord, sample_flow
+
+VLM_THINK_SYSTEM_PROMPT = (
+    "You should first think about the reasoning process in the mind and then provide the user with the answer.\n"
+    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
+    "answer here"
+)
+GEN_THINK_SYSTEM_PROMPT = (
+    "You should first think about the planning process in your mind, and then generate the image.\n"
+    "The planning process is enclosed within <think> </think> tags; that is, <think> planning process here </think> "
+    "image here.\n"
+)
+_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Answer:
+    """Generated text. `thinking` holds the `<think>` part when think mode produced one."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool  # stopped at <|im_end|> (False: hit max_new_tokens)
+    thinking: str | None = None
+
+    @property
+    def answer(self) -> str:
+        """The text after the reasoning (the whole text when there is none)."""
+        return _THINK_RE.sub("", self.text).strip() if self.thinking is not None else self.text
+
+
+@dataclass
+class TextOptions:
+    """Decoding: greedy by default; sampling with temperature and nucleus (top-p) when `do_sample`."""
+
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if self.do_sample and not self.temperature > 0:
+            raise InputError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationTrace:
+    """Optional record of a sampling run (for parity checks and debugging)."""
+
+    noise: torch.Tensor | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    final_latent: torch.Tensor | None = None
+    decoder_input: torch.Tensor | None = None
+    decoded: torch.Tensor | None = None
+    contexts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _check_prompt(text: object, what: str = "prompt") -> str:
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError(f"{what} is empty")
+    return text
+
+
+class UniMedVL:
+    """The model, its VAE and tokenizer, loaded once; every task is a method."""
+
+    def __init__(self, loaded: LoadedCheckpoint, *, vqa_vit_rule: ResizeRule = UNIMEDVL_VQA_VIT,
+                 gen_vae_rule: ResizeRule = UNIMEDVL_VAE, gen_vit_rule: ResizeRule = UNIMEDVL_GEN_VIT) -> None:
+        self.config = loaded.config
+        self.model = loaded.model
+        self.vae = loaded.vae
+        self.tokenizer = loaded.tokenizer
+        self.special = loaded.tokenizer.special
+        self.load_reports = loaded.reports
+        self.vqa_vit_rule, self.gen_vae_rule, self.gen_vit_rule = vqa_vit_rule, gen_vae_rule, gen_vit_rule
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **load_options: object) -> "UniMedVL":
+        """Load from a folder in the released layout (see :func:`unimedvl.loading.load_checkpoint`)."""
+        return cls(load_checkpoint(folder, **load_options))  # type: ignore[arg-type]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------ contexts
+    def new_context(self) -> KVCache:
+        return self.model.new_cache()
+
+    @torch.no_grad()
+    def add_text(self, context: KVCache, text: str) -> torch.Tensor:
+        """Append `<|im_start|> text <|im_end|>`; returns the block's final hidden states."""
+        ids = torch.tensor(self.tokenizer.frame(text), dtype=torch.long)
+        return self.model.prefill_text(context, ids)
+
+    @torch.no_grad()
+    def add_image(self, context: KVCache, image: Image.Image, *, vae: bool, vit: bool, vit_rule: ResizeRule,
+                  sample_posterior: bool = False, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Append an image as a VAE block and/or a ViT block (VAE first), as the reference does."""
+        out: dict[str, torch.Tensor] = {}
+        if vae:
+            latent = self.encode_image(image, sample=sample_posterior, generator=generator)
+            self.model.prefill_vae_image(context, latent, self.special)
+            out["vae_latent"] = latent
+        if vit:
+            pixels = to_tensor(vit_rule(image))
+            out["vit_encoder_out"] = self.model.prefill_vit_image(context, pixels, self.special).encoder_out
+        return out
+
+    def _require_vae(self) -> None:
+        if self.vae is None:
+            raise InputError("this checkpoint has no ae.safetensors, so it cannot generate or edit images")
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image, *, sample: bool = False,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """PIL (sides multiples of 16) -> scaled VAE latent `[16, H/8, W/8]`; posterior mean unless `sample`."""
+        self._require_vae()
+        pixels = to_tensor(image)[None].to(self.device, next(self.vae.parameters()).dtype)
+        if pixels.device.type == "cpu":
+            pixels = pixels.float()
+        return self.vae.encode(pixels, sample=sample, generator=generator)[0]
+
+    @torch.no_grad()
+    def decode_latent(self, tokens: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent tokens `[h*w, 64]` -> (decoder input `[16, 2h, 2w]`, pixels `[3, H, W]` in [-1, 1])."""
+        self._require_vae()
+        p, ds = self.config.latent_patch_size, self.config.latent_downsample
+        latent = unpatchify(tokens, height // ds, width // ds, p, self.config.vae.z_channels)
+        vae_dtype = next(self.vae.parameters()).dtype
+        decoded = self.vae.decode(latent[None].to(self.device, vae_dtype if self.device.type != "cpu" else torch.float32))
+        return latent, decoded[0]
+
+    # ------------------------------------------------------------ text
+    def _sample_next(self, logits: torch.Tensor, options: TextOptions, generator: torch.Generator | None) -> int:
+        logits = logits[-1].float()
+        if not options.do_sample:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / options.temperature, dim=-1)
+        if options.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, 0) - sorted_probs < options.top_p  # always keeps the top token
+            probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+    @torch.no_grad()
+    def generate_text(self, context: KVCache, options: TextOptions | None = None, *,
+                      generator: torch.Generator | None = None,
+                      on_logits: Callable[[torch.Tensor], None] | None = None) -> Answer:
+        """Decode from `<|im_start|>` after `context` until `<|im_end|>` or `max_new_tokens` tokens.
+
+        The context itself is not extended (decoding runs on a fork, as the reference deep-copies).
+        """
+        options = options or TextOptions()
+        ctx = context.fork()
+        ctx.reserve(options.max_new_tokens + 1)
+        token = self.special.bos
+        ids: list[int] = []
+        finished = False
+        for _ in range(options.max_new_tokens):
+            logits = self.model.decode_step(ctx, torch.tensor([token]))
+            if on_logits is not None:
+                on_logits(logits[-1])
+            token = self._sample_next(logits, options, generator)
+            if token == self.special.eos:
+                finished = True
+                break
+            ids.append(token)
+        text = self.tokenizer.decode(ids)
+        match = _THINK_RE.search(text)
+        return Answer(text=text, token_ids=ids, finished=finished,
+                      thinking=match.group(1).strip() if match else None)
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        return torch.Generator().manual_seed(int(seed))
+
+    @torch.no_grad()
+    def ask(self, images: ImageLike | Sequence[ImageLike], question: str, *, think: bool = False,
+            options: TextOptions | None = None, seed: int | None = None, **text_options: object) -> Answer:
+        """Answer a question (or write a report) about one or more images.
+
+        Args:
+            images: one image or a list (path, PIL or numpy); may be empty for a text-only question.
+            question: the prompt, sent as one text segment with no role names (as the reference).
+            think: prefill the reference's reasoning system prompt first; `Answer.thinking` holds it.
+            options / text_options: :class:`TextOptions` (max_new_tokens, do_sample, temperature, top_p).
+            seed: makes sampling reproducible.
+        """
+        _check_prompt(question, "question")
+        options = options or TextOptions(**text_options)  # type: ignore[arg-type]
+        if isinstance(images, (str, Path, Image.Image)) or hasattr(images, "shape"):
+            images = [images]  # type: ignore[list-item]
+        pil_images = [load_image(img) for img in images]  # type: ignore[union-attr]
+        ctx = self.new_context()
+        if think:
+            self.add_text(ctx, VLM_THINK_SYSTEM_PROMPT)
+        for image in pil_images:
+            self.add_image(ctx, image, vae=False, vit=True, vit_rule=self.vqa_vit_rule)
+        self.add_text(ctx, question)
+        return self.generate_text(ctx, options, generator=self._generator(seed))
+
+    # ------------------------------------------------------------ images
+    def _check_size(self, height: int, width: int) -> None:
+        ds = self.config.latent_downsample
+        limit = ds * self.config.max_latent_size
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < ds or value % ds or value > limit:
+                raise InputError(f"{name} must be a multiple of {ds} between {ds} and {limit}, got {value!r}")
+
+    @torch.no_grad()
+    def interleave(self, items: Sequence[str | ImageLike], *, output: Literal["image", "text"] = "image",
+                   height: int | None = None, width: int | None = None, guidance: GuidanceOptions | None = None,
+                   think: bool = False, text_options: TextOptions | None = None, seed: int | None = None,
+                   noise: torch.Tensor | None = None, sample_posterior: bool = False,
+                   progress: ProgressFn | None = None, trace: GenerationTrace | None = None
+                   ) -> tuple[Image.Image | None, Answer | None]:
+        """The reference `interleave_inference`: texts and images in order, then a text or an image.
+
+        Args:
+            items: strings and images, in order.
+            output: "text" answers from the full context (images ViT-only, as the reference does);
+                "image" generates one image with guidance.
+            height, width: output size; default: the last input image's (resized) size, else 1024x1024.
+            guidance: sampling options; default :meth:`GuidanceOptions.editing` if an image is given,
+                else :meth:`GuidanceOptions.text_to_image`.
+            think: plan first (reasoning system prompt, then decoded text added to the context).
+            seed: seeds the initial noise (and text sampling, VAE posterior sampling).
+            noise: explicit initial noise `[h*w, 64]` (overrides `seed` for the noise).
+            sample_posterior: sample the VAE posterior for input images (the reference's behaviour)
+                instead of its mean.
+            progress: called as progress(step, total) after each denoising step.
+            trace: filled with noise, per-step velocities and decoder tensors when given.
+        Returns:
+            (image or None, the thinking/answer text or None).
+        """
+        if not items:
+            raise InputError("interleave needs at least one text or image")
+        understanding = output == "text"
+        if output not in ("image", "text"):
+            raise InputError(f"output must be 'image' or 'text', got {output!r}")
+        generator = self._generator(seed)
+        gen_ctx = self.new_context()
+        text_uncond_ctx = gen_ctx.fork()
+        # The image-unconditional context sees the texts only; it is built after the loop, and only
+        # if it differs from the full context (for text-to-image it does not).
+        image_uncond_texts: list[str] = []
+        has_image = False
+        if think:
+            system = VLM_THINK_SYSTEM_PROMPT if understanding else GEN_THINK_SYSTEM_PROMPT
+            self.add_text(gen_ctx, system)
+            image_uncond_texts.append(system)
+        last_size: tuple[int, int] | None = None
+        for item in items:
+            if isinstance(item, str):
+                _check_prompt(item)
+                text_uncond_ctx = gen_ctx.fork()
+                self.add_text(gen_ctx, item)
+                image_uncond_texts.append(item)
+            else:
+                image = self.gen_vae_rule(load_image(item))
+                if not understanding:
+                    self._require_vae()
+                self.add_image(gen_ctx, image, vae=not understanding, vit=True, vit_rule=self.gen_vit_rule,
+                               sample_posterior=sample_posterior, generator=generator)
+                has_image = True
+                last_size = (image.height, image.width)
+                text_uncond_ctx = gen_ctx.fork()
+        text_options = text_options or TextOptions(max_new_tokens=1000)
+        if understanding:
+            return None, self.generate_text(gen_ctx, text_options, generator=generator)
+        self._require_vae()
+        image_uncond_ctx = gen_ctx.fork()
+        if has_image:
+            image_uncond_ctx = self.new_context()
+            for text in image_uncond_texts:
+                self.add_text(image_uncond_ctx, text)
+        answer = None
+        if think:
+            answer = self.generate_text(gen_ctx, text_options, generator=generator)
+            self.add_text(gen_ctx, answer.text)
+        if height is None and width is None:
+            height, width = last_size or (1024, 1024)
+        elif height is None or width is None:
+            raise InputError("give both height and width, or neither")
+        guidance = guidance or (GuidanceOptions.editing() if last_size else GuidanceOptions.text_to_image())
+        image = self._generate_image(gen_ctx, text_uncond_ctx, image_uncond_ctx, height, width, guidance,
+                                     generator=generator, noise=noise, progress=progress, trace=trace)
+        return image, answer
+
+    def _generate_image(self, cond: KVCache, text_uncond: KVCache, image_uncond: KVCache, height: int, width: int,
+                        guidance: GuidanceOptions, *, generator: torch.Generator | None, noise: torch.Tensor | None,
+                        progress: ProgressFn | None, trace: GenerationTrace | None) -> Image.Image:
+        self._check_size(height, width)
+        ds = self.config.latent_downsample
+        grid = (height // ds, width // ds)
+        shape = (grid[0] * grid[1], self.config.patch_latent_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32)  # drawn on CPU: same on any device
+        elif tuple(noise.shape) != shape:
+            raise InputError(f"noise must have shape {list(shape)} for a {height}x{width} image, got {list(noise.shape)}")
+        contexts = {"cond": cond, "text_uncond": text_uncond, "image_uncond": image_uncond}
+        same_as_cond = {name for name, ctx in contexts.items()
+                        if ctx.store is cond.store and ctx.length == cond.length and ctx.rope == cond.rope}
+        step_cache: dict[str, torch.Tensor] = {}  # branch velocities of the current step
+
+        def velocity(branch: Branch, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if branch == "cond":  # the sampler asks for "cond" first at every step
+                step_cache.clear()
+            source = "cond" if branch in same_as_cond else branch  # T2I: image-uncond context == cond context
+            if source not in step_cache:
+                embeds = self.model.embed_latents(x, t, grid)
+                step_cache[source] = self.model.velocity(contexts[source], embeds, self.special).float()
+            return step_cache[source]
+
+        def on_step(i: int, total: int, record: StepRecord) -> None:
+            if trace is not None:
+                trace.steps.append(record)
+            if progress is not None:
+                progress(i + 1, total)
+
+        final = sample_flow(noise.to(self.device, torch.float32), velocity, guidance, on_step=on_step)
+        decoder_input, decoded = self.decode_latent(final, height, width)
+        if trace is not None:
+            trace.noise, trace.final_latent = noise, final
+            trace.decoder_input, trace.decoded = decoder_input, decoded
+            trace.contexts = {k: (c.length, c.rope) for k, c in contexts.items()}
+        return Image.fromarray(to_uint8(decoded))
+
+    def generate(self, prompt: str, *, height: int = 1024, width: int = 1024, guidance: GuidanceOptions | None = None,
+                 think: bool = False, seed: int | None = None, progress: ProgressFn | None = None,
+                 **kwargs: object) -> Image.Image:
+        """Text-to-image. Defaults follow BAGEL's T2I settings (scale 4, interval (0.4, 1], shift 3, 50 steps)."""
+        _check_prompt(prompt)
+        image, _ = self.interleave([prompt], height=height, width=width,
+                                   guidance=guidance or GuidanceOptions.text_to_image(), think=think, seed=seed,
+                                   progress=progress, **kwargs)  # type: ignore[arg-type]
+        assert image is not None
+        return image
+
+    def edit(self, image: ImageLike, instruction: str, *, guidance: GuidanceOptions | None = None,
+             understand_first: bool = False, think: bool = False, seed: int | None = None,
+             height: int | None = None, width: int | None = None, progress: ProgressFn | None = None,
+             **kwargs: object) -> Image.Image:
+        """Image-to-image with text and image guidance (UniMedVL's editing defaults).
+
+        Args:
+            understand_first: UniMedVL's interactive flow: first describe the image for the instruction
+                (greedy, image ViT-only) and append that text to the instruction.
+        The output keeps the input's (resized) size unless height and width are given.
+        """
+        _check_prompt(instruction, "instruction")
+        source = load_image(image)
+        if understand_first:
+            _, analysis = self.interleave([source, instruction], output="text", seed=seed,
+                                          text_options=TextOptions(max_new_tokens=800))
+            assert analysis is not None
+            instruction = f"{instruction}\n\n{analysis.text}"
+        result, _ = self.interleave([source, instruction], guidance=guidance or GuidanceOptions.editing(),
+                                    think=think, seed=seed, height=height, width=width, progress=progress,
+                                    **kwargs)  # type: ignore[arg-type]
+        assert result is not None
+        return result
+
+    def ask_many(self, requests: Iterable[tuple[Sequence[ImageLike], str]], **options: object) -> Iterable[Answer]:
+        """Answer several (images, question) pairs with the one loaded model."""
+        for images, question in requests:
+            yield self.ask(images, question, **options)  # type: ignore[arg-type]

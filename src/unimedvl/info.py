@@ -1,0 +1,86 @@
+"""Parameter counts and memory needs, computed on the meta device (nothing is allocated).
+
+Counts are grouped by the released checkpoint's key names, so `total` is the number of values in
+`ema.safetensors`; the VAE (`ae.safetensors`) is listed apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unimedvl.config import UnifiedConfig
+from unimedvl.model.unified import UniMedVLModel
+from unimedvl.model.vae import AutoEncoder
+
+GROUPS = (
+    ("token embeddings + lm_head", lambda k: k.startswith(("language_model.model.embed_tokens", "language_model.lm_head"))),
+    ("LLM understanding expert", lambda k: k.startswith("language_model.") and "_moe_gen" not in k),
+    ("LLM generation expert (*_moe_gen)", lambda k: k.startswith("language_model.") and "_moe_gen" in k),
+    ("ViT (SigLIP NaViT)", lambda k: k.startswith("vit_model.")),
+    ("connector", lambda k: k.startswith("connector.")),
+    ("generation heads", lambda k: k.startswith(("time_embedder.", "vae2llm.", "llm2vae."))),
+    ("sin-cos position tables", lambda k: k.endswith("pos_embed.pos_embed")),
+)
+
+
+@dataclass
+class ModelSize:
+    groups: dict[str, int]
+    total: int
+    vae: int
+    kv_bytes_per_token_bf16: int
+
+    def lines(self) -> list[str]:
+        out = [f"{name:<36} {count:>16,}  ({_human(count)})" for name, count in self.groups.items()]
+        out.append(f"{'VAE (ae.safetensors, separate)':<36} {self.vae:>16,}  ({_human(self.vae)})")
+        out.append(f"total: {_human(self.total)} parameters ({self.total:,}; model weights under the released key names, VAE excluded)")
+        out.append(f"total with VAE: {_human(self.total + self.vae)} parameters")
+        for label, nbytes in (("float32", 4), ("bfloat16", 2), ("float16", 2)):
+            out.append(f"memory {label:<8}: {_gib(self.total * nbytes)} weights + {_gib(self.vae * nbytes)} VAE")
+        out.append(f"KV cache: {self.kv_bytes_per_token_bf16:,} bytes/token in bf16, "
+                   f"{2 * self.kv_bytes_per_token_bf16:,} in fp32 (CPU)")
+        return out
+
+
+def _human(count: int) -> str:
+    return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count / 1e3:.2f} K"
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def model_size(config: UnifiedConfig) -> ModelSize:
+    with torch.device("meta"):
+        model = UniMedVLModel(config)
+        vae = AutoEncoder(config.vae)
+    sizes = {k: v.numel() for k, v in model.state_dict().items()}
+    groups: dict[str, int] = {}
+    remaining = dict(sizes)
+    for name, belongs in GROUPS:
+        keys = [k for k in remaining if belongs(k)]
+        groups[name] = sum(remaining.pop(k) for k in keys)
+    if remaining:  # every key must land in a group, or the table would silently under-count
+        raise AssertionError(f"ungrouped keys: {sorted(remaining)[:5]}")
+    llm = config.llm
+    kv = llm.num_hidden_layers * 2 * llm.num_key_value_heads * llm.head_dim * 2
+    return ModelSize(groups=groups, total=sum(sizes.values()),
+                     vae=sum(p.numel() for p in vae.state_dict().values()), kv_bytes_per_token_bf16=kv)
+
+
+def weights_file_summary(files: list) -> str:
+    """One line about the tensors stored in safetensors files (read from their headers only)."""
+    from safetensors import safe_open
+
+    count, numel, dtypes = 0, 0, set()
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                tensor = handle.get_slice(key)
+                count += 1
+                numel += int(torch.Size(tensor.get_shape()).numel())
+                dtypes.add(tensor.get_dtype())
+    names = ", ".join(p.name for p in files)
+    return f"weights file: {names}: {count} tensors, {numel:,} values, dtype {'/'.join(sorted(dtypes))}"

@@ -1,0 +1,122 @@
+"""Key/value cache for the shared MoT attention, grown in place and forked without copying.
+
+A :class:`KVCache` is one *context* (the reference's `{kv_lens, ropes, past_key_values}`): a view
+of the first `length` tokens of a :class:`KVStore`, plus the next RoPE position `rope`.
+
+* Appending writes into preallocated capacity (`reserve()` sizes it ahead, so a decode loop never
+  reallocates); capacity otherwise grows geometrically.
+* `fork()` is free: the fork shares the store. The context that appends first while another shares
+  the same tail keeps writing in place; the other one copies its prefix only if it appends later
+  (copy-on-write). Classifier-free-guidance contexts are prefixes of one another, so they share
+  storage.
+* Blocks that must not enter the cache (noisy latents) are attended to as scratch rows past the
+  end and never committed.
+
+Layout per layer: keys and values `[kv_heads, capacity, head_dim]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class KVStore:
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, *, dtype: torch.dtype,
+                 device: torch.device | str, capacity: int = 0) -> None:
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, torch.device(device)
+        self.capacity = 0
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.filled = 0  # tokens committed by the context that owns the tail
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int, keep: int = 0) -> None:
+        new_k, new_v = [], []
+        for layer in range(self.num_layers):
+            k = torch.empty(self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
+            v = torch.empty_like(k)
+            if keep:
+                k[:, :keep] = self.keys[layer][:, :keep]
+                v[:, :keep] = self.values[layer][:, :keep]
+            new_k.append(k)
+            new_v.append(v)
+        self.keys, self.values, self.capacity = new_k, new_v, capacity
+
+    def ensure_capacity(self, needed: int, keep: int) -> None:
+        if needed > self.capacity:
+            self._allocate(max(needed, 2 * self.capacity, 64), keep=keep)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+@dataclass
+class KVCache:
+    """A context: the first `length` cached tokens of `store`, and the next RoPE position."""
+
+    store: KVStore
+    length: int = 0
+    rope: int = 0
+
+    @classmethod
+    def empty(cls, num_layers: int, kv_heads: int, head_dim: int, *, dtype: torch.dtype,
+              device: torch.device | str, capacity: int = 0) -> "KVCache":
+        return cls(KVStore(num_layers, kv_heads, head_dim, dtype=dtype, device=device, capacity=capacity))
+
+    def fork(self) -> "KVCache":
+        """A new context with the same tokens; shares storage until one of them appends."""
+        return KVCache(self.store, self.length, self.rope)
+
+    def reserve(self, extra_tokens: int) -> None:
+        """Make room for `extra_tokens` more tokens so later appends do not reallocate."""
+        self._own_tail()
+        self.store.ensure_capacity(self.length + extra_tokens, keep=self.length)
+
+    def _own_tail(self) -> None:
+        # Another context sharing the store has committed past our end: copy our prefix away.
+        if self.store.filled != self.length:
+            old = self.store
+            fresh = KVStore(old.num_layers, old.kv_heads, old.head_dim, dtype=old.dtype, device=old.device,
+                            capacity=max(self.length, 64))
+            for layer in range(old.num_layers):
+                fresh.keys[layer][:, : self.length] = old.keys[layer][:, : self.length]
+                fresh.values[layer][:, : self.length] = old.values[layer][:, : self.length]
+            fresh.filled = self.length
+            self.store = fresh
+
+    def begin_block(self, num_tokens: int, *, commit: bool) -> bool:
+        """Prepare for one forward of `num_tokens` query tokens. Returns whether rows are written in place.
+
+        Committed blocks always write in place (copying our prefix first if the tail is shared).
+        Uncommitted blocks use scratch rows when we own the tail, otherwise a concatenation.
+        """
+        if commit:
+            self.reserve(num_tokens)
+            return True
+        if self.store.filled == self.length:
+            self.store.ensure_capacity(self.length + num_tokens, keep=self.length)
+            return True
+        return False
+
+    def layer_kv(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, *, in_place: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values `[kv_heads, length + n, head_dim]` for attention, with `k_new` `[n, kv_heads, hd]`."""
+        n = k_new.shape[0]
+        k_new = k_new.transpose(0, 1).to(self.store.dtype)
+        v_new = v_new.transpose(0, 1).to(self.store.dtype)
+        if in_place:
+            end = self.length + n
+            self.store.keys[layer][:, self.length:end] = k_new
+            self.store.values[layer][:, self.length:end] = v_new
+            return self.store.keys[layer][:, :end], self.store.values[layer][:, :end]
+        k = torch.cat([self.store.keys[layer][:, : self.length], k_new], dim=1)
+        v = torch.cat([self.store.values[layer][:, : self.length], v_new], dim=1)
+        return k, v
+
+    def commit(self, num_tokens: int, rope_advance: int) -> None:
+        self.length += num_tokens
+        self.store.filled = self.length
+        self.rope += rope_advance

@@ -1,0 +1,194 @@
+"""Qwen2 decoder with Mixture-of-Transformers experts (BAGEL / UniMedVL language model).
+
+Every decoder layer holds two full copies of its weights: the understanding expert (plain Qwen2
+names) and the generation expert (the same names with `_moe_gen`). Routing is by token, not by a
+learned router: each token passes through exactly one expert's norms, projections and MLP, while
+attention is **shared** - all tokens' Q/K/V meet in one joint GQA attention (one KV cache).
+
+Per token, one layer computes (pre-norm)::
+
+    h   = x + o_proj(Attn(RoPE(q_norm(q_proj(RMSNorm(x)))), RoPE(k_norm(k_proj(...))), v_proj(...)))
+    out = h + MLP(RMSNorm(h))          MLP(z) = down(silu(gate(z)) * up(z))
+
+Shapes: hidden `[L, H]`, q `[L, Hq, D]`, k/v `[L, Hkv, D]`, with D = H / Hq.
+Module names equal the released state-dict keys under `language_model.`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unimedvl.config import LLMConfig
+from unimedvl.model.kv_cache import KVCache
+from unimedvl.model.layers import Embedding, Linear, RMSNorm
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which rows of a block use which expert. `gen_rows` None or empty means all understanding."""
+
+    und_rows: torch.Tensor | None = None
+    gen_rows: torch.Tensor | None = None
+
+    @classmethod
+    def from_mask(cls, gen_mask: torch.Tensor | None) -> "Routing":
+        if gen_mask is None or not bool(gen_mask.any()):
+            return cls()
+        if bool(gen_mask.all()):
+            return cls(und_rows=gen_mask.new_zeros(0, dtype=torch.long), gen_rows=None)
+        return cls(und_rows=(~gen_mask).nonzero().squeeze(1), gen_rows=gen_mask.nonzero().squeeze(1))
+
+    def apply(self, x: torch.Tensor, und: Callable[[torch.Tensor], torch.Tensor],
+              gen: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.gen_rows is None and self.und_rows is None:
+            return und(x)
+        if self.gen_rows is None:  # every row is generation
+            return gen(x)
+        und_out = und(x[self.und_rows])
+        out = x.new_empty((x.shape[0], *und_out.shape[1:]))
+        out[self.und_rows] = und_out
+        out[self.gen_rows] = gen(x[self.gen_rows])
+        return out
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = Linear(hidden, intermediate, bias=False)
+        self.up_proj = Linear(hidden, intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2 rotary tables `[L, D]` (computed in fp32, like the reference)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim))
+    freqs = position_ids.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on `[L, heads, D]`."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class MoTAttention(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
+        kv = self.num_kv_heads * d
+        for suffix in ("", "_moe_gen"):
+            setattr(self, f"q_proj{suffix}", Linear(h, h, bias=True))
+            setattr(self, f"k_proj{suffix}", Linear(h, kv, bias=True))
+            setattr(self, f"v_proj{suffix}", Linear(h, kv, bias=True))
+            setattr(self, f"o_proj{suffix}", Linear(h, h, bias=False))
+            setattr(self, f"q_norm{suffix}", RMSNorm(d, eps=config.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", RMSNorm(d, eps=config.rms_norm_eps))
+
+    def _qkv(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
+        n = x.shape[0]
+        q = getattr(self, f"q_proj{suffix}")(x).view(n, self.num_heads, self.head_dim)
+        k = getattr(self, f"k_proj{suffix}")(x).view(n, self.num_kv_heads, self.head_dim)
+        v = getattr(self, f"v_proj{suffix}")(x).view(n, self.num_kv_heads, self.head_dim)
+        q = getattr(self, f"q_norm{suffix}")(q)
+        k = getattr(self, f"k_norm{suffix}")(k)
+        return torch.cat([q, k, v], dim=1)  # [n, Hq + 2*Hkv, D]
+
+    def forward(self, x: torch.Tensor, routing: Routing, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
+        qkv = routing.apply(x, lambda z: self._qkv(z, ""), lambda z: self._qkv(z, "_moe_gen"))
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all, v_all = cache.layer_kv(layer_idx, k, v, in_place=in_place)  # [Hkv, Lk, D]
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
+            attn_mask=attn_mask, enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # [1, Hq, L, D]
+        out = out[0].transpose(0, 1).reshape(x.shape[0], -1)
+        return routing.apply(out, self.o_proj, self.o_proj_moe_gen)
+
+
+class MoTDecoderLayer(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.self_attn = MoTAttention(config)
+        self.mlp = MLP(h, config.intermediate_size)
+        self.mlp_moe_gen = MLP(h, config.intermediate_size)
+        self.input_layernorm = RMSNorm(h, eps=config.rms_norm_eps)
+        self.input_layernorm_moe_gen = RMSNorm(h, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(h, eps=config.rms_norm_eps)
+        self.post_attention_layernorm_moe_gen = RMSNorm(h, eps=config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, routing: Routing, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
+        h = routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
+        x = x + self.self_attn(h, routing, cos, sin, cache, layer_idx, attn_mask, in_place)
+        h = routing.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
+        return x + routing.apply(h, self.mlp, self.mlp_moe_gen)
+
+
+class Qwen2MoTModel(nn.Module):
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MoTDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm_moe_gen = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, *,
+                gen_mask: torch.Tensor | None = None, causal: bool = False,
+                attn_mask: torch.Tensor | None = None, commit: bool = True) -> torch.Tensor:
+        """Run one query block `[L, H]` against `cache`; returns final-normed hidden states `[L, H]`.
+
+        Args:
+            embeds: input embeddings of the block.
+            position_ids: RoPE positions `[L]`.
+            cache: the context; the block sees all of it.
+            gen_mask: `[L]` bool, rows routed to the generation expert.
+            causal: causal inside the block (text); otherwise bidirectional (images).
+            attn_mask: explicit `[L, Lc + L]` boolean mask (training packs); overrides `causal`.
+            commit: append the block's keys/values to the cache (False for noisy latents).
+        """
+        n = embeds.shape[0]
+        routing = Routing.from_mask(gen_mask)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, embeds.dtype)
+        if attn_mask is None and causal and n > 1:
+            from unimedvl.model.packing import block_attention_mask
+
+            attn_mask = block_attention_mask(n, cache.length, causal=True, device=embeds.device)
+        in_place = cache.begin_block(n, commit=commit)
+        x = embeds
+        for idx, layer in enumerate(self.layers):
+            x = layer(x, routing, cos, sin, cache, idx, attn_mask, in_place)
+        if commit:
+            cache.commit(n, rope_advance=0)
+        return routing.apply(x, self.norm, self.norm_moe_gen)
+
+
+class Qwen2MoTForCausalLM(nn.Module):
+    """`language_model` in the released checkpoint: `model.*` plus an untied `lm_head`."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Qwen2MoTModel(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def new_cache(self, *, dtype: torch.dtype, device: torch.device | str, capacity: int = 0) -> KVCache:
+        c = self.config
+        return KVCache.empty(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, dtype=dtype,
+                             device=device, capacity=capacity)

@@ -1,0 +1,161 @@
+"""The unified network (the reference `Bagel`): Qwen2-MoT + SigLIP + generation heads.
+
+State-dict layout (equal to the released `ema.safetensors`)::
+
+    language_model.*   Qwen2 MoT decoder and lm_head            (qwen2_mot.py)
+    time_embedder.*    t -> [H]                                 (connectors.py)
+    vae2llm, llm2vae   Linear 64 <-> H
+    latent_pos_embed   sin-cos table [64*64, H]
+    vit_model.*        SigLIP NaViT                             (siglip_navit.py)
+    connector.*        ViT features -> H
+    vit_pos_embed      sin-cos table [70*70, H]
+
+The VAE lives outside this module (its weights ship separately in `ae.safetensors`).
+
+Inference is a sequence of *blocks* run against a :class:`KVCache` context. Each primitive here
+builds one block with the layout rules of `packing.py` and returns what the caller needs:
+
+    prefill_text(cache, ids)          causal text split, cached             -> hidden [T, H]
+    prefill_vit_image(cache, pixels)  ViT image split, cached               -> ViT features
+    prefill_vae_image(cache, latent)  clean VAE image split (t = 0), cached
+    decode_step(cache, ids)           one token, cached                     -> logits [1, V]
+    velocity(cache, x_t, t, grid)     noisy VAE image split, NOT cached     -> v [h*w, 64]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from unimedvl.config import UnifiedConfig
+from unimedvl.model.connectors import MLPconnector, PositionEmbedding, TimestepEmbedder
+from unimedvl.model.kv_cache import KVCache
+from unimedvl.model.layers import Linear
+from unimedvl.model.packing import SpecialTokens, grid_position_ids, patchify
+from unimedvl.model.qwen2_mot import Qwen2MoTForCausalLM
+from unimedvl.model.siglip_navit import SiglipNaViT
+
+
+@dataclass
+class ImageBlockOutput:
+    """What an image prefill returns (intermediates kept for parity checks and debugging)."""
+
+    encoder_out: torch.Tensor  # ViT post-layernorm features [N, Dv] (ViT) or packed latent [N, 64] (VAE)
+    tokens: torch.Tensor  # the N image-token embeddings fed to the LLM [N, H]
+
+
+class UniMedVLModel(nn.Module):
+    def __init__(self, config: UnifiedConfig) -> None:
+        super().__init__()
+        self.config = config
+        h = config.llm.hidden_size
+        self.language_model = Qwen2MoTForCausalLM(config.llm)
+        self.time_embedder = TimestepEmbedder(h, config.timestep_embed_dim)
+        self.vae2llm = Linear(config.patch_latent_dim, h)
+        self.llm2vae = Linear(h, config.patch_latent_dim)
+        self.latent_pos_embed = PositionEmbedding(config.max_latent_size, h)
+        self.vit_model = SiglipNaViT(config.vit)
+        self.connector = MLPconnector(config.vit.hidden_size, h)
+        self.vit_pos_embed = PositionEmbedding(config.vit_max_num_patch_per_side, h)
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """fp32 on CPU whatever the storage dtype (no native bf16 there); the weight dtype on GPU."""
+        weight = self.language_model.model.embed_tokens.weight
+        return torch.float32 if weight.device.type == "cpu" else weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.model.embed_tokens.weight.device
+
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        return self.language_model.new_cache(dtype=self.compute_dtype, device=self.device, capacity=capacity)
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.language_model.model.embed_tokens(ids.to(self.device), self.compute_dtype)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.language_model.lm_head(hidden)
+
+    def _run(self, cache: KVCache, embeds: torch.Tensor, *, gen_mask: torch.Tensor | None, causal: bool,
+             commit: bool, rope_positions: torch.Tensor, rope_advance: int) -> torch.Tensor:
+        hidden = self.language_model.model(embeds, rope_positions, cache, gen_mask=gen_mask, causal=causal,
+                                           commit=commit)
+        if commit:
+            cache.rope += rope_advance
+        return hidden
+
+    def frame_image_block(self, tokens: torch.Tensor, special: SpecialTokens) -> torch.Tensor:
+        markers = self.embed_ids(torch.tensor([special.start_of_image, special.end_of_image]))
+        return torch.cat([markers[:1], tokens, markers[1:]], dim=0)
+
+    # -------------------------------------------------------------- primitives
+    def prefill_text(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
+        """Causal text block `[T]` ids (already framed by bos/eos) at RoPE rope..rope+T-1 -> hidden `[T, H]`."""
+        n = ids.shape[0]
+        pos = torch.arange(cache.rope, cache.rope + n, device=self.device)
+        return self._run(cache, self.embed_ids(ids), gen_mask=None, causal=True, commit=True,
+                         rope_positions=pos, rope_advance=n)
+
+    def decode_step(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
+        """Feed one token `[1]`, append it to the cache, return next-token logits `[1, V]`."""
+        return self.logits(self.prefill_text(cache, ids))
+
+    def encode_vit(self, pixels: torch.Tensor) -> ImageBlockOutput:
+        """`[3, H, W]` in [-1, 1], sides multiples of the patch size -> ViT features and LLM tokens."""
+        p = self.config.vit.patch_size
+        _, hgt, wid = pixels.shape
+        pos = grid_position_ids(hgt // p, wid // p, self.config.vit_max_num_patch_per_side).to(self.device)
+        patches = patchify(pixels.to(self.device, self.compute_dtype), p)
+        features = self.vit_model(patches, pos, [patches.shape[0]])
+        tokens = self.connector(features) + self.vit_pos_embed(pos, features.dtype)
+        return ImageBlockOutput(encoder_out=features, tokens=tokens)
+
+    def prefill_vit_image(self, cache: KVCache, pixels: torch.Tensor, special: SpecialTokens) -> ImageBlockOutput:
+        """ViT image block (understanding expert, bidirectional, cached) at one RoPE position; rope += 1."""
+        out = self.encode_vit(pixels)
+        block = self.frame_image_block(out.tokens, special)
+        pos = torch.full((block.shape[0],), cache.rope, device=self.device)
+        self._run(cache, block, gen_mask=None, causal=False, commit=True, rope_positions=pos, rope_advance=1)
+        return out
+
+    def pack_latent(self, latent: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """VAE latent `[z, 2h, 2w]` -> tokens `[h*w, 64]` (2x2 patches, order (dy, dx, c)) and (h, w)."""
+        p = self.config.latent_patch_size
+        _, lh, lw = latent.shape
+        h, w = lh // p, lw // p
+        return patchify(latent[:, : h * p, : w * p], p), (h, w)
+
+    def embed_latents(self, tokens: torch.Tensor, t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Latent tokens `[N, 64]` at flow time `t` (scalar or `[N]`) -> `vae2llm(x) + temb(t) + pos` `[N, H]`."""
+        dtype = self.compute_dtype
+        pos = grid_position_ids(*grid, self.config.max_latent_size).to(self.device)
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.device).expand(tokens.shape[0])
+        return self.vae2llm(tokens.to(self.device, dtype)) + self.time_embedder(t, dtype) + self.latent_pos_embed(pos, dtype)
+
+    def run_latent_block(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens, *, commit: bool
+                      ) -> torch.Tensor:
+        block = self.frame_image_block(embeds, special)
+        gen_mask = torch.ones(block.shape[0], dtype=torch.bool, device=self.device)
+        gen_mask[0] = gen_mask[-1] = False  # the markers stay with the understanding expert
+        pos = torch.full((block.shape[0],), cache.rope, device=self.device)
+        return self._run(cache, block, gen_mask=gen_mask, causal=False, commit=commit, rope_positions=pos,
+                         rope_advance=1)
+
+    def prefill_vae_image(self, cache: KVCache, latent: torch.Tensor, special: SpecialTokens) -> ImageBlockOutput:
+        """Clean VAE image block (latent `[z, 2h, 2w]`, t = 0), generation expert, cached; rope += 1."""
+        tokens, grid = self.pack_latent(latent)
+        embeds = self.embed_latents(tokens, torch.tensor(0.0), grid)
+        self.run_latent_block(cache, embeds, special, commit=True)
+        return ImageBlockOutput(encoder_out=tokens, tokens=embeds)
+
+    def velocity(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens) -> torch.Tensor:
+        """Predicted flow velocity `[N, 64]` for embedded noisy latents `[N, H]` (see `embed_latents`).
+
+        The block sits at the context's RoPE position, sees the whole context and is not cached.
+        """
+        hidden = self.run_latent_block(cache, embeds, special, commit=False)
+        return self.llm2vae(hidden[1:-1])
