@@ -1,0 +1,95 @@
+"""Each CLI command end to end on the built-in tiny model; bad input prints one line, exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from unimedvl.cli import main
+
+
+def test_info_full_config_reports_14_6_billion(capsys) -> None:
+    assert main(["info", "--config", "full"]) == 0
+    out = capsys.readouterr().out
+    assert "total: 14.61 B parameters" in out
+    assert "LLM generation expert (*_moe_gen)" in out and "memory bfloat16: 27.21 GiB" in out
+
+
+def test_info_on_a_checkpoint_agrees_with_its_file(capsys, fixture_dir: Path) -> None:
+    assert main(["info", "--checkpoint", str(fixture_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "total: 1.22 M parameters (1,221,056;" in out
+    assert "ema.safetensors: 111 tensors, 1,221,056 values, dtype BF16" in out
+
+
+def test_ask_single_and_batch(tmp_path: Path, capsys, cxr_path: Path, mri_path: Path) -> None:
+    assert main(["ask", str(cxr_path), "-q", "What imaging modality is this?", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
+    batch = tmp_path / "questions.jsonl"
+    lines = [
+        {"id": "a", "image": str(cxr_path), "question": "Does this chest X-ray show pneumonia?"},
+        {"image": [str(cxr_path), str(mri_path)], "question": "Compare these."},
+        {"image": "missing.png", "question": "Broken?"},
+        "not json",
+        {"image": str(cxr_path), "question": ""},
+    ]
+    batch.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "answers.jsonl"
+    assert main(["ask", "--batch", str(batch), "--out", str(out), "--max-new-tokens", "3"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0]["id"] == "a" and "answer" in records[0] and "answer" in records[1]
+    assert "image file not found" in records[2]["error"]
+    assert records[3]["error"].startswith("invalid JSON")
+    assert "question is empty" in records[4]["error"]
+
+
+def test_generate_and_edit_write_images(tmp_path: Path, capsys, mri_path: Path) -> None:
+    out = tmp_path / "gen.png"
+    assert main(["generate", "A chest X-ray with pneumonia.", "-o", str(out), "--height", "32", "--width", "64",
+                 "--steps", "3"]) == 0
+    assert Image.open(out).size == (64, 32)
+    edited = tmp_path / "edit.png"
+    assert main(["edit", str(mri_path), "Convert to FLAIR.", "-o", str(edited), "--steps", "3",
+                 "--cfg-interval", "0.0,1.0"]) == 0
+    assert Image.open(edited).size == (240, 240)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ask", "/no/image.png", "-q", "hi"], "error: image file not found: /no/image.png"),
+        (["ask", "-q", "hi", "--checkpoint", "/no/folder"], "error: checkpoint folder not found"),
+        (["generate", "x", "--height", "33"], "error: height must be a multiple of 16"),
+        (["generate", "x", "--steps", "1"], "error: num_timesteps must be an integer >= 2"),
+        (["generate", "x", "-o", "out.gif"], "error: --out must end in .png"),
+        (["edit", "img.png", "x", "--cfg-interval", "abc"], "error: --cfg-interval must look like"),
+        (["info", "--config", "huge"], "error: unknown config preset"),
+    ],
+)
+def test_bad_input_is_one_line(argv: list[str], message: str, capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(message) and not any("Traceback" in line for line in err)
+
+
+def test_pickle_checkpoint_via_the_command_line(checkpoint_copy: Path) -> None:
+    (checkpoint_copy / "ema.safetensors").unlink()
+    (checkpoint_copy / "ema.pt").write_bytes(b"pickle")
+    proc = subprocess.run([sys.executable, "-m", "unimedvl", "ask", "-q", "hi", "-c", str(checkpoint_copy)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "pickle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_runs_every_task(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--size", "32", "--steps", "3"]) == 0
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert {"ask", "report", "generate_seconds", "edit_seconds"} <= set(report)
+    assert Image.open(tmp_path / "generated_cxr.png").size == (32, 32)
