@@ -287,6 +287,66 @@ def demo(
           "its answers and images are not meaningful.")
 
 
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build and review multimodal corpora.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build(
+    config: Optional[Path] = typer.Argument(None, help="Build config YAML (sources, splits, QC)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-running resumes and reuses finished chunks)."),
+    sample: bool = typer.Option(False, "--sample", help="Build the bundled sample corpus from the bundled real data."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: the config's, else all cores)."),
+    executor: Optional[str] = typer.Option(None, help="local or ray (overrides the config)."),
+) -> None:
+    """Build a corpus: sources -> QC stages 1-2 -> sharded Parquet, manifest, QC reports, dataset card."""
+    from unimedvl.assets import SAMPLE_CORPUS_CONFIG
+    from unimedvl.data.pipeline import BuildConfig, build_corpus
+    from unimedvl.errors import InputError
+
+    if sample == (config is not None):
+        raise InputError("give a CONFIG file or --sample (not both)")
+    build_config = BuildConfig.from_yaml(SAMPLE_CORPUS_CONFIG if sample else config)
+    if executor is not None:
+        if executor not in ("local", "ray"):
+            raise InputError("--executor must be local or ray")
+        build_config.executor = executor
+    manifest = build_corpus(build_config, out, workers=workers)
+    print(f"{manifest['total']} samples; by modality: {manifest['counts']['modality']}")
+    print(f"by task: {manifest['counts']['task']}")
+    print(f"manifest: {out / 'manifest.json'}; dataset card: {out / 'README.md'}; QC reports: {out / 'qc'}")
+
+
+@data_app.command("review")
+def data_review(
+    corpus: Path = typer.Argument(..., help="A built corpus folder."),
+    port: int = typer.Option(8765, help="Port on 127.0.0.1."),
+) -> None:
+    """Serve the stage-3 review page locally; verdicts are stored in SQLite under qc/stage3/."""
+    from unimedvl.data.qc.review import make_server
+    from unimedvl.errors import InputError
+
+    if not (corpus / "qc" / "stage3" / "review_sample.jsonl").is_file():
+        raise InputError(f"{corpus} has no review sample; build the corpus first")
+    server = make_server(corpus, port=port)
+    print(f"review page: http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@data_app.command("agreement")
+def data_agreement(corpus: Path = typer.Argument(..., help="A built corpus folder.")) -> None:
+    """Write the stage-3 report (Cohen's and Fleiss' kappa) from the stored reviews."""
+    from unimedvl.data.qc.review import agreement_report
+
+    report = agreement_report(corpus)
+    print(json.dumps(report, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent
 REFERENCE_TINY = ASSETS / "reference-tiny"
 SAMPLES = ASSETS / "samples"
+SAMPLE_CORPUS_CONFIG = ASSETS / "sample_data" / "build.yaml"
 
 
 def default_checkpoint() -> Path:

@@ -1,0 +1,426 @@
+"""`unimedvl data build`: sources -> QC -> sharded Parquet corpus, resumable and parallel.
+
+Phases (all outputs written atomically; every phase is deterministic, so an interrupted build run
+again produces the same manifest as an uninterrupted one):
+
+A. chunks (parallel, resumable): each source's references are cut into fixed chunks; a worker loads
+   the records, builds the samples, runs stage-1 checks and stage-2 scores, and writes
+   `work/chunks/<source>/<n>.parquet` and its summary. Finished chunks are reused on a re-run.
+B. global QC (small metadata only): exact and near duplicates, patient-level splits, split leakage,
+   stage-2 thresholds per modality.
+C. shards: accepted samples streamed into `data/<split>/shard-<n>.parquet` (bounded rows per shard),
+   then `manifest.json`, the QC reports and the dataset card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import sys
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+import yaml
+
+from unimedvl.data.qc.alignment import build_scorers
+from unimedvl.data.qc.coarse import CoarseLimits, check_sample, near_duplicate_pairs
+from unimedvl.data.schema import SCHEMA_VERSION, TASKS, Sample, arrow_schema
+from unimedvl.data.sources.base import RecordError, SourceConfig, build_adapter
+from unimedvl.data.storage import candidate_schema, sha256_file, write_parquet_atomic
+from unimedvl.data.tasks import BuildContext, build_samples
+from unimedvl.errors import ConfigError
+from unimedvl.io_utils import atomic_write_text
+
+DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+@dataclass
+class BuildConfig:
+    name: str
+    sources: list[SourceConfig]
+    splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
+    seed: int = 0
+    deid_salt: str | None = None
+    chunk_size: int = 256
+    shard_rows: int = 2000
+    workers: int = 0  # 0 = all cores
+    executor: str = "local"  # local | ray
+    stage1: CoarseLimits = field(default_factory=CoarseLimits)
+    stage2: dict[str, Any] = field(default_factory=dict)
+    stage3: dict[str, Any] = field(default_factory=dict)
+    source_errors: list[dict[str, str]] = field(default_factory=list)
+    config_sha256: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "BuildConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"build config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path.name} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path.name} must hold a mapping")
+        known = {"name", "sources", "splits", "seed", "deid_salt", "chunk_size", "shard_rows", "workers", "executor", "qc"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path.name}: unknown key(s) {', '.join(unknown)}")
+        if not data.get("sources"):
+            raise ConfigError(f"{path.name}: no sources listed")
+        sources = []
+        for entry in data["sources"]:
+            if isinstance(entry, str):
+                sources.append(SourceConfig.from_yaml((path.parent / entry).resolve()))
+            else:
+                sources.append(SourceConfig.from_dict(entry, path.parent, f"{path.name} (inline source)"))
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path.name}: source names must be unique, got {names}")
+        qc = data.get("qc") or {}
+        splits = data.get("splits") or dict(DEFAULT_SPLITS)
+        if abs(sum(splits.values()) - 1.0) > 1e-6 or not set(splits) <= {"train", "val", "test"}:
+            raise ConfigError(f"{path.name}: splits must be train/val/test fractions summing to 1")
+        try:
+            limits = CoarseLimits(**(qc.get("stage1") or {}))
+        except TypeError as exc:
+            raise ConfigError(f"{path.name}: qc.stage1: {exc}") from None
+        executor = data.get("executor", "local")
+        if executor not in ("local", "ray"):
+            raise ConfigError(f"{path.name}: executor must be 'local' or 'ray'")
+        return cls(name=str(data.get("name", path.stem)), sources=sources, splits=splits, seed=int(data.get("seed", 0)),
+                   deid_salt=data.get("deid_salt"), chunk_size=int(data.get("chunk_size", 256)),
+                   shard_rows=int(data.get("shard_rows", 2000)), workers=int(data.get("workers", 0)),
+                   executor=executor, stage1=limits, stage2=dict(qc.get("stage2") or {}),
+                   stage3=dict(qc.get("stage3") or {}),
+                   config_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+# ------------------------------------------------------------------ phase A
+@dataclass(frozen=True)
+class ChunkJob:
+    source: SourceConfig
+    index: int
+    refs: list[Any]
+    limits: CoarseLimits
+    stage2: dict[str, Any]
+    label_set: tuple[str, ...]
+    work_dir: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.work_dir) / "chunks" / self.source.name / f"{self.index:05d}.parquet"
+
+
+def _describe(ref: Any) -> str:
+    text = ref if isinstance(ref, str) else json.dumps(ref, default=str)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def process_chunk(job: ChunkJob) -> dict[str, Any]:
+    """Load, build, check and score one chunk; write its candidate shard. Returns the chunk summary."""
+    start = time.perf_counter()
+    adapter = build_adapter(job.source)
+    scorers = build_scorers(job.stage2, Path(job.work_dir))
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    records = 0
+    for ref in job.refs:
+        try:
+            loaded = adapter.load(ref)
+        except RecordError as exc:
+            # DICOM/NIfTI refs may carry identifiers in paths: the adapters' messages are pseudonymised.
+            where = "entry" if job.source.adapter in ("dicom", "nifti") else _describe(ref)
+            errors.append({"source": job.source.name, "ref": where, "error": str(exc)})
+            continue
+        for record in loaded if isinstance(loaded, list) else [loaded]:
+            records += 1
+            for repeat in range(job.source.repeat):
+                ctx = BuildContext(tasks=job.source.tasks, label_set=job.label_set, repeat_index=repeat,
+                                   options=job.source.options)
+                for sample in build_samples(record, ctx):
+                    reasons, metrics = check_sample(sample, job.limits)
+                    metrics["text_sha"] = hashlib.sha256("\x1f".join(sample.texts()).encode()).hexdigest()[:16]
+                    metrics["official_split"] = record.official_split
+                    metrics["scores"] = {s.name: round(s.score(sample, metrics), 6) for s in scorers} if not reasons else {}
+                    row = sample.to_row()
+                    row["qc_reasons"] = reasons
+                    row["qc_metrics"] = json.dumps(metrics, sort_keys=True)
+                    rows.append(row)
+    write_parquet_atomic(job.path, rows, candidate_schema())
+    summary = {"source": job.source.name, "chunk": job.index, "refs": len(job.refs), "records": records,
+               "samples": len(rows), "errors": errors, "seconds": round(time.perf_counter() - start, 3)}
+    atomic_write_text(job.path.with_suffix(".json"), json.dumps(summary, sort_keys=True))
+    return summary
+
+
+def _label_set(source: SourceConfig, refs: list[Any]) -> tuple[str, ...]:
+    if source.options.get("labels"):
+        return tuple(sorted(str(v) for v in source.options["labels"]))
+    names = source.options.get("label_names")
+    if names:
+        return tuple(sorted(str(v) for v in names.values()))
+    if source.adapter == "class_folder":
+        from unimedvl.data.sources.folders import _label_name
+
+        return tuple(sorted({_label_name(str(r).split("/")[0], source.options) for r in refs}))
+    return ()
+
+
+def plan_chunks(config: BuildConfig, work_dir: Path, log: Callable[[str], None]) -> list[ChunkJob]:
+    jobs = []
+    for source in config.sources:
+        if source.adapter in ("dicom", "nifti"):
+            source = replace(source, options={**source.options, "deid_salt": config.deid_salt})
+        try:
+            refs = build_adapter(source).refs()
+            if source.limit is not None:
+                refs = refs[: source.limit]
+        except RecordError as exc:  # a malformed annotation file stops this source only
+            config.source_errors.append({"source": source.name, "ref": "(source)", "error": str(exc)})
+            log(f"source {source.name}: {exc}")
+            continue
+        labels = _label_set(source, refs)
+        for index in range(math.ceil(len(refs) / config.chunk_size)):
+            chunk = refs[index * config.chunk_size:(index + 1) * config.chunk_size]
+            jobs.append(ChunkJob(source, index, chunk, config.stage1, config.stage2, labels, str(work_dir)))
+    return jobs
+
+
+def run_chunks(jobs: list[ChunkJob], workers: int, executor: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    done = {}
+    pending = []
+    for job in jobs:
+        summary_path = job.path.with_suffix(".json")
+        if job.path.is_file() and summary_path.is_file():
+            done[(job.source.name, job.index)] = json.loads(summary_path.read_text())
+        else:
+            pending.append(job)
+    log(f"chunks: {len(jobs)} planned, {len(done)} reused, {len(pending)} to build")
+    start, built = time.perf_counter(), 0
+    if executor == "ray" and pending:
+        from unimedvl.data.ray_runner import run_with_ray
+
+        for summary in run_with_ray(pending, workers):
+            done[(summary["source"], summary["chunk"])] = summary
+    elif workers == 1 or len(pending) <= 1:
+        for job in pending:
+            summary = process_chunk(job)
+            done[(job.source.name, job.index)] = summary
+            built += summary["samples"]
+            log(f"  chunk {job.source.name}/{job.index}: {summary['samples']} samples "
+                f"({built / max(time.perf_counter() - start, 1e-9):.0f} samples/s)")
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(process_chunk, job): job for job in pending}
+            for n, future in enumerate(as_completed(futures), start=1):
+                summary = future.result()
+                done[(summary["source"], summary["chunk"])] = summary
+                built += summary["samples"]
+                log(f"  chunk {n}/{len(pending)} ({summary['source']}/{summary['chunk']}): "
+                    f"{built / max(time.perf_counter() - start, 1e-9):.0f} samples/s")
+    return [done[(job.source.name, job.index)] for job in jobs]
+
+
+# ------------------------------------------------------------------ phase B
+META_COLUMNS = ["id", "task", "modality", "source", "group", "qc_reasons", "qc_metrics"]
+
+
+def _assign_split(group: str, official: str | None, splits: dict[str, float], seed: int) -> str:
+    if official in ("train", "val", "test"):
+        return official
+    fraction = int(hashlib.sha256(f"{seed}\x1f{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    edge = 0.0
+    for name in ("train", "val", "test"):
+        edge += splits.get(name, 0.0)
+        if fraction < edge:
+            return name
+    return "train"
+
+
+def global_qc(jobs: list[ChunkJob], config: BuildConfig) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
+    """Decide the split of every sample and which are rejected (and why), from metadata only."""
+    meta = []
+    for job in jobs:
+        table = pq.read_table(job.path, columns=META_COLUMNS)
+        meta.extend(table.to_pylist())
+    meta.sort(key=lambda r: r["id"])
+    rejected: dict[str, list[str]] = {}
+    for row in meta:
+        row["metrics"] = json.loads(row.pop("qc_metrics"))
+        if row["qc_reasons"]:
+            rejected[row["id"]] = list(row["qc_reasons"])
+    split_of = {row["id"]: _assign_split(row["group"], row["metrics"].get("official_split"), config.splits, config.seed)
+                for row in meta}
+
+    # Exact duplicates: same task, same images, same text.
+    seen: dict[tuple, str] = {}
+    for row in meta:
+        if row["id"] in rejected:
+            continue
+        key = (row["task"], tuple(row["metrics"]["image_sha256"]), row["metrics"]["text_sha"])
+        if key in seen:
+            rejected[row["id"]] = ["exact_duplicate"]
+        else:
+            seen[key] = row["id"]
+
+    # Leakage: an image in val/test that also appears (exactly) in train, in any task.
+    train_images = {sha for row in meta if row["id"] not in rejected and split_of[row["id"]] == "train"
+                    for sha in row["metrics"]["image_sha256"]}
+    for row in meta:
+        if row["id"] not in rejected and split_of[row["id"]] != "train" and set(row["metrics"]["image_sha256"]) & train_images:
+            rejected[row["id"]] = ["split_leakage"]
+
+    # Perceptual near-duplicates within a task: keep the first; across splits it is leakage.
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for row in meta:
+        if row["id"] not in rejected and "dhash" in row["metrics"]:
+            by_task[row["task"]].append(row)
+    near = Counter()
+    for task, rows in by_task.items():
+        hashes = [(i, r["metrics"]["dhash"]) for i, r in enumerate(rows)]
+        for i, j in near_duplicate_pairs(hashes, config.stage1.near_duplicate_bits):
+            a, b = rows[i], rows[j]
+            if a["id"] in rejected or b["id"] in rejected or a["group"] == b["group"]:
+                continue  # same patient/study: related views, not duplicates
+            if a["metrics"]["text_sha"] != b["metrics"]["text_sha"]:
+                continue  # same-looking image with a different question or answer is a different sample
+            reason = "split_leakage" if split_of[a["id"]] != split_of[b["id"]] else "near_duplicate"
+            rejected[b["id"]] = [reason]
+            near[reason] += 1
+
+    # Stage 2: thresholds per modality on each scorer's score.
+    thresholds = config.stage2.get("thresholds", {})
+    default = float(thresholds.get("default", 0.5))
+    scores_by_modality: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in meta:
+        if row["id"] in rejected:
+            continue
+        limit = float(thresholds.get(row["modality"], default))
+        for name, value in row["metrics"].get("scores", {}).items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            scores_by_modality[row["modality"]][name].append(value)
+            if value < limit:
+                rejected.setdefault(row["id"], []).append(f"alignment_below_threshold:{name}")
+    stats = {
+        "candidates": len(meta),
+        "stage1_rejected": Counter(r for row in meta for r in row["qc_reasons"]),
+        "duplicates_and_leakage": Counter(v[0] for v in rejected.values()
+                                          if v[0] in ("exact_duplicate", "near_duplicate", "split_leakage")),
+        "stage2_rejected": Counter(r for v in rejected.values() for r in v if r.startswith("alignment")),
+        "stage2_scores": {m: dict(v) for m, v in scores_by_modality.items()},
+        "stage2_thresholds": {"default": default, **{k: float(v) for k, v in thresholds.items() if k != "default"}},
+        "near_duplicate_pairs": dict(near),
+    }
+    return split_of, rejected, stats
+
+
+# ------------------------------------------------------------------ phase C
+def write_shards(jobs: list[ChunkJob], out: Path, split_of: dict[str, str], rejected: dict[str, list[str]],
+                 shard_rows: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    schema = arrow_schema()
+    buffers: dict[str, list[dict]] = defaultdict(list)
+    counters: dict[str, int] = Counter()
+    shards: list[dict[str, Any]] = []
+    counts: dict[str, Counter] = {k: Counter() for k in ("modality", "task", "family", "split", "source")}
+    image_sizes: list[tuple[str, int, int]] = []
+    data_dir = out / "data"
+    for old in sorted(data_dir.glob("*/shard-*.parquet")) if data_dir.exists() else []:
+        old.unlink()  # shards are rebuilt from the candidates (deterministically)
+
+    def flush(split: str) -> None:
+        rows = buffers.pop(split, [])
+        if not rows:
+            return
+        path = data_dir / split / f"shard-{counters[split]:05d}.parquet"
+        counters[split] += 1
+        write_parquet_atomic(path, rows, schema)
+        shards.append({"path": str(path.relative_to(out)), "split": split, "rows": len(rows), "sha256": sha256_file(path)})
+
+    for job in jobs:
+        parquet = pq.ParquetFile(job.path)
+        for batch in parquet.iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                if row["id"] in rejected:
+                    continue
+                metrics = json.loads(row.pop("qc_metrics"))
+                row.pop("qc_reasons")
+                split = split_of[row["id"]]
+                row["split"] = split
+                row["qc"] = json.dumps({"scores": metrics.get("scores", {}), "dhash": metrics.get("dhash")}, sort_keys=True)
+                buffers[split].append(row)
+                for key in ("modality", "task", "family", "source"):
+                    counts[key][row[key]] += 1
+                counts["split"][split] += 1
+                first = next((it for it in row["items"] if it["image"] is not None), None)
+                if first is not None and len(image_sizes) < 20000:
+                    image_sizes.append((row["modality"], first["image_width"], first["image_height"]))
+                if len(buffers[split]) >= shard_rows:
+                    flush(split)
+    for split in sorted(buffers):
+        flush(split)
+    shards.sort(key=lambda s: s["path"])
+    return shards, {"counts": {k: dict(sorted(v.items())) for k, v in counts.items()}, "image_sizes": image_sizes}
+
+
+# ------------------------------------------------------------------ driver
+def _salt(config: BuildConfig, work: Path) -> str:
+    if config.deid_salt:
+        return str(config.deid_salt)
+    path = work / "deid_salt"
+    if not path.is_file():  # a secret per corpus: pseudonyms cannot be reversed by hashing guessed IDs
+        atomic_write_text(path, secrets.token_hex(16))
+    return path.read_text().strip()
+
+
+def build_corpus(config: BuildConfig, out: str | Path, *, workers: int | None = None,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build (or resume) a corpus in `out`. Returns the manifest."""
+    from unimedvl.data.card import write_card, write_qc_reports
+    from unimedvl.data.qc.review import export_review_sample
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    config.deid_salt = _salt(config, work)
+    config.source_errors = []
+    jobs = plan_chunks(config, work, log)
+    n_workers = workers or config.workers or os.cpu_count() or 1
+    summaries = run_chunks(jobs, n_workers, config.executor, log)
+    split_of, rejected, stats = global_qc(jobs, config)
+    shards, written = write_shards(jobs, out, split_of, rejected, config.shard_rows)
+    errors = config.source_errors + [e for s in summaries for e in s["errors"]]
+    per_source = {}
+    for source in config.sources:
+        mine = [s for s in summaries if s["source"] == source.name]
+        per_source[source.name] = {
+            "adapter": source.adapter, "licence": source.licence, "redistributable": source.redistributable,
+            "tasks": list(source.tasks), "refs": sum(s["refs"] for s in mine), "records": sum(s["records"] for s in mine),
+            "candidates": sum(s["samples"] for s in mine),
+            "errors": sum(1 for e in errors if e["source"] == source.name),
+        }
+    manifest = {
+        "schema": SCHEMA_VERSION, "name": config.name, "config_sha256": config.config_sha256,
+        "total": sum(s["rows"] for s in shards), "counts": written["counts"], "sources": per_source,
+        "qc": {"candidates": stats["candidates"], "input_errors": len(errors),
+               "stage1_rejected": dict(sorted(stats["stage1_rejected"].items())),
+               "duplicates_and_leakage": dict(sorted(stats["duplicates_and_leakage"].items())),
+               "stage2_rejected": dict(sorted(stats["stage2_rejected"].items()))},
+        "shards": shards,
+    }
+    write_qc_reports(out, config, stats, errors, per_source)
+    export_review_sample(out, int(config.stage3.get("per_stratum", 5)), seed=config.seed)
+    write_card(out, manifest, written["image_sizes"], stats, config)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    log(f"built {manifest['total']} samples in {len(shards)} shards -> {out}")
+    return manifest

@@ -1,0 +1,1 @@
+"""Quality control: stage 1 coarse filters, stage 2 medical alignment, stage 3 expert review."""

@@ -1,0 +1,88 @@
+"""Folder layouts: one class per folder, A -> B paired folders, image + mask folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from unimedvl.data.sources.base import Adapter, RawRecord, RecordError, list_images, read_image_file, register
+
+
+def _label_name(folder: str, options: dict[str, Any]) -> str:
+    names = options.get("label_names", {})
+    return str(names.get(folder, folder.replace("_", " ").replace("-", " ")))
+
+
+@register("class_folder")
+class ClassFolder(Adapter):
+    """`root/<class>/<image>`; options: label_names {folder: text}, modality_by_class {folder: modality},
+    group_pattern (regex with one group taking the patient id from the file name)."""
+
+    def refs(self) -> list[str]:
+        root = self.config.path
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not classes:
+            raise RecordError(f"{root}: no class folders")
+        return [str(p.relative_to(root)) for c in classes for p in list_images(root / c)]
+
+    def load(self, ref: str) -> RawRecord:
+        import re
+
+        folder = Path(ref).parts[0]
+        opts = self.config.options
+        group = None
+        if "group_pattern" in opts:
+            match = re.search(opts["group_pattern"], Path(ref).name)
+            group = match.group(1) if match else None
+        return self.record(ref, images=[read_image_file(self.config.path / ref)], label=_label_name(folder, opts),
+                           modality=opts.get("modality_by_class", {}).get(folder), group=group,
+                           provenance={"path": ref})
+
+
+@register("paired")
+class PairedFolders(Adapter):
+    """`root/<a_dir>/<name>` paired with `root/<b_dir>/<name>` (same relative name, any image suffix).
+
+    options: a_dir, b_dir, task (virtual_staining | cross_modal | super_resolution | counterfactual),
+    a_name / b_name (e.g. "H&E" / "HER2 IHC"), target_modality, finding (for counterfactual).
+    """
+
+    def refs(self) -> list[str]:
+        a = self.config.path / self.config.options.get("a_dir", "A")
+        if not a.is_dir():
+            raise RecordError(f"{a}: folder not found")
+        return [str(p.relative_to(a)) for p in list_images(a)]
+
+    def load(self, ref: str) -> RawRecord:
+        opts = self.config.options
+        b_dir = self.config.path / opts.get("b_dir", "B")
+        stem = Path(ref).with_suffix("")
+        candidates = sorted(b_dir.glob(f"{stem}.*")) if (b_dir / stem.parent).is_dir() else []
+        if not candidates:
+            raise RecordError(f"{ref}: no paired image in {b_dir.name}/")
+        a_image = read_image_file(self.config.path / opts.get("a_dir", "A") / ref)
+        return self.record(ref, images=[a_image], target=read_image_file(candidates[0]),
+                           target_modality=opts.get("target_modality"), label=opts.get("finding"),
+                           provenance={"path": ref, "pair": opts.get("task", "virtual_staining")})
+
+
+@register("segmentation")
+class ImageMaskFolders(Adapter):
+    """`root/<images_dir>/<name>` with a binary mask `root/<masks_dir>/<name>`; options: structure (what is segmented)."""
+
+    def refs(self) -> list[str]:
+        images = self.config.path / self.config.options.get("images_dir", "images")
+        if not images.is_dir():
+            raise RecordError(f"{images}: folder not found")
+        return [str(p.relative_to(images)) for p in list_images(images)]
+
+    def load(self, ref: str) -> RawRecord:
+        opts = self.config.options
+        masks = self.config.path / opts.get("masks_dir", "masks")
+        stem = Path(ref).with_suffix("")
+        candidates = sorted(masks.glob(f"{stem}.*"))
+        if not candidates:
+            raise RecordError(f"{ref}: no mask in {masks.name}/")
+        return self.record(ref, images=[read_image_file(self.config.path / opts.get("images_dir", "images") / ref)],
+                           mask=read_image_file(candidates[0]), mask_label=opts.get("structure", "lesion"),
+                           provenance={"path": ref})
