@@ -142,6 +142,9 @@ def process_chunk(job: ChunkJob) -> dict[str, Any]:
             errors.append({"source": job.source.name, "ref": where, "error": str(exc)})
             continue
         for record in loaded if isinstance(loaded, list) else [loaded]:
+            if isinstance(record, RecordError):  # a partial failure inside one reference (e.g. one bad slice)
+                errors.append({"source": job.source.name, "ref": "entry", "error": str(record)})
+                continue
             records += 1
             for repeat in range(job.source.repeat):
                 ctx = BuildContext(tasks=job.source.tasks, label_set=job.label_set, repeat_index=repeat,

@@ -110,7 +110,8 @@ class Adapter:
     def refs(self) -> list[Any]:
         raise NotImplementedError
 
-    def load(self, ref: Any) -> RawRecord | list[RawRecord]:
+    def load(self, ref: Any) -> RawRecord | list[RawRecord | RecordError]:
+        """One record, or a list in which a RecordError stands for a part that could not be read."""
         raise NotImplementedError
 
     def record(self, key: str, **fields: Any) -> RawRecord:

@@ -100,7 +100,7 @@ class DicomSeries(Adapter):
             refs.append((uid, [rel for _, rel in sorted(series[uid])]))
         return refs
 
-    def load(self, ref: tuple[str, list[str]]) -> list[RawRecord]:
+    def load(self, ref: tuple[str, list[str]]) -> list[RawRecord | RecordError]:
         import pydicom
 
         uid, files = ref
@@ -109,29 +109,35 @@ class DicomSeries(Adapter):
         if uid == "bad":
             raise RecordError(f"file {pseudonym(files[0], salt)}: not a readable DICOM file")
         frames: list[tuple[Any, np.ndarray]] = []
+        problems: list[RecordError] = []
         for rel in files:
             try:
                 ds = pydicom.dcmread(self.config.path / rel)
                 pixels = ds.pixel_array
             except Exception as exc:  # noqa: BLE001
-                raise RecordError(f"series {series_key}: unreadable or truncated DICOM ({type(exc).__name__})") from None
+                # One bad slice is reported on its own; the rest of the series is still used.
+                problems.append(RecordError(f"series {series_key}, file {pseudonym(rel, salt)}: unreadable or "
+                                            f"truncated DICOM ({type(exc).__name__})"))
+                continue
             if pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 3 and int(ds.get("NumberOfFrames", 1)) == 1):
                 frames.append((ds, pixels))
             else:
                 frames.extend((ds, frame) for frame in pixels)
+        if not frames:
+            return problems
         first = frames[0][0]
         modality = DICOM_MODALITY.get(str(first.get("Modality", "")), self.config.modality or "other")
         if self.config.modality:
             modality = self.config.modality
         group = pseudonym(str(first.get("PatientID", "") or uid), salt)
         provenance = {tag: _plain(first.get(tag)) for tag in SAFE_TAGS if tag in first}
-        records = []
+        records: list[RawRecord | RecordError] = []
         for index in select_slices(len(frames), self.config.options.get("slices", "middle")):
             ds, frame = frames[index]
             image = encode_png(_display(ds, np.asarray(frame), modality, self.config.options))
             records.append(self.record(f"{series_key}/{index}", images=[image], modality=modality, group=group,
                                        provenance={**provenance, "slice": index, "slices": len(frames)}))
-        return records
+        return [*records, *problems]
 
 
 def _plain(value: Any) -> Any:
