@@ -1,15 +1,28 @@
 """unimedvl: unified medical multimodal AI - understanding and generation with one model.
 
 The public entry point is :class:`UniMedVL` (load once, then `ask`, `generate`, `edit`, `interleave`).
+Names are imported lazily, so `unimedvl.data` (the corpus pipeline) does not pull in torch.
 """
 
-from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
-from unimedvl.engine import Answer, TextOptions, UniMedVL
-from unimedvl.errors import CheckpointError, ConfigError, InputError, UnimedvlError
-from unimedvl.sampling import GuidanceOptions
+from __future__ import annotations
 
-__all__ = [
-    "Answer", "CheckpointError", "ConfigError", "GuidanceOptions", "InputError", "LLMConfig", "TextOptions",
-    "UniMedVL", "UnifiedConfig", "UnimedvlError", "VAEConfig", "ViTConfig",
-]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Answer": "unimedvl.engine", "TextOptions": "unimedvl.engine", "UniMedVL": "unimedvl.engine",
+    "GuidanceOptions": "unimedvl.sampling",
+    "LLMConfig": "unimedvl.config", "UnifiedConfig": "unimedvl.config", "VAEConfig": "unimedvl.config",
+    "ViTConfig": "unimedvl.config",
+    "CheckpointError": "unimedvl.errors", "ConfigError": "unimedvl.errors", "InputError": "unimedvl.errors",
+    "UnimedvlError": "unimedvl.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'unimedvl' has no attribute {name!r}")

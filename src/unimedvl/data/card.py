@@ -69,10 +69,10 @@ def write_qc_reports(out: Path, config: Any, stats: dict[str, Any], errors: list
     atomic_write_text(qc / "stage1.md", "\n".join(lines) + "\n")
 
     scores = stats["stage2_scores"]
-    summary = {m: {name: {"n": len(v), "mean": round(sum(v) / len(v), 4), "min": round(min(v), 4)}
-                   for name, v in by_scorer.items() if v} for m, by_scorer in scores.items()}
+    summary = {m: {name: {k: s[k] for k in ("n", "mean", "min")} for name, s in by_scorer.items()}
+               for m, by_scorer in scores.items()}
     stage2 = {"thresholds": stats["stage2_thresholds"], "rejected": dict(sorted(stats["stage2_rejected"].items())),
-              "scores": summary}
+              "scores": summary, "histograms": {m: {n: s["hist"] for n, s in v.items()} for m, v in scores.items()}}
     atomic_write_text(qc / "stage2.json", json.dumps(stage2, indent=2, sort_keys=True) + "\n")
     lines = ["# QC stage 2: medical image-text alignment", "",
              f"Thresholds (score in [0, 1], reject below): {stats['stage2_thresholds']}", "",
@@ -85,8 +85,9 @@ def write_qc_reports(out: Path, config: Any, stats: dict[str, Any], errors: list
     if scores:
         def draw(ax) -> None:  # noqa: ANN001
             for modality, by_scorer in sorted(scores.items()):
-                values = [v for vs in by_scorer.values() for v in vs]
-                ax.hist(values, bins=20, range=(0, 1), alpha=0.5, label=modality)
+                for name, s in sorted(by_scorer.items()):
+                    bins = len(s["hist"])
+                    ax.stairs(s["hist"], [i / bins for i in range(bins + 1)], label=f"{modality} / {name}")
             ax.set_xlabel("alignment score")
             ax.set_ylabel("samples")
             ax.legend(fontsize=7)

@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from unimedvl.data.qc.alignment import build_scorers
-from unimedvl.data.qc.coarse import CoarseLimits, check_sample, near_duplicate_pairs
+from unimedvl.data.qc.coarse import CoarseLimits, check_sample
+from unimedvl.data.qc.global_checks import GlobalQC
 from unimedvl.data.schema import SCHEMA_VERSION, TASKS, Sample, arrow_schema
 from unimedvl.data.sources.base import RecordError, SourceConfig, build_adapter
 from unimedvl.data.storage import candidate_schema, sha256_file, write_parquet_atomic
@@ -234,9 +235,6 @@ def run_chunks(jobs: list[ChunkJob], workers: int, executor: str, log: Callable[
 
 
 # ------------------------------------------------------------------ phase B
-META_COLUMNS = ["id", "task", "modality", "source", "group", "qc_reasons", "qc_metrics"]
-
-
 def _assign_split(group: str, official: str | None, splits: dict[str, float], seed: int) -> str:
     if official in ("train", "val", "test"):
         return official
@@ -249,87 +247,30 @@ def _assign_split(group: str, official: str | None, splits: dict[str, float], se
     return "train"
 
 
-def global_qc(jobs: list[ChunkJob], config: BuildConfig) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
-    """Decide the split of every sample and which are rejected (and why), from metadata only."""
-    meta = []
-    for job in jobs:
-        table = pq.read_table(job.path, columns=META_COLUMNS)
-        meta.extend(table.to_pylist())
-    meta.sort(key=lambda r: r["id"])
-    rejected: dict[str, list[str]] = {}
-    for row in meta:
-        row["metrics"] = json.loads(row.pop("qc_metrics"))
-        if row["qc_reasons"]:
-            rejected[row["id"]] = list(row["qc_reasons"])
-    split_of = {row["id"]: _assign_split(row["group"], row["metrics"].get("official_split"), config.splits, config.seed)
-                for row in meta}
-
-    # Exact duplicates: same task, same images, same text.
-    seen: dict[tuple, str] = {}
-    for row in meta:
-        if row["id"] in rejected:
-            continue
-        key = (row["task"], tuple(row["metrics"]["image_sha256"]), row["metrics"]["text_sha"])
-        if key in seen:
-            rejected[row["id"]] = ["exact_duplicate"]
-        else:
-            seen[key] = row["id"]
-
-    # Leakage: an image in val/test that also appears (exactly) in train, in any task.
-    train_images = {sha for row in meta if row["id"] not in rejected and split_of[row["id"]] == "train"
-                    for sha in row["metrics"]["image_sha256"]}
-    for row in meta:
-        if row["id"] not in rejected and split_of[row["id"]] != "train" and set(row["metrics"]["image_sha256"]) & train_images:
-            rejected[row["id"]] = ["split_leakage"]
-
-    # Perceptual near-duplicates within a task: keep the first; across splits it is leakage.
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    for row in meta:
-        if row["id"] not in rejected and "dhash" in row["metrics"]:
-            by_task[row["task"]].append(row)
-    near = Counter()
-    for task, rows in by_task.items():
-        hashes = [(i, r["metrics"]["dhash"]) for i, r in enumerate(rows)]
-        for i, j in near_duplicate_pairs(hashes, config.stage1.near_duplicate_bits):
-            a, b = rows[i], rows[j]
-            if a["id"] in rejected or b["id"] in rejected or a["group"] == b["group"]:
-                continue  # same patient/study: related views, not duplicates
-            if a["metrics"]["text_sha"] != b["metrics"]["text_sha"]:
-                continue  # same-looking image with a different question or answer is a different sample
-            reason = "split_leakage" if split_of[a["id"]] != split_of[b["id"]] else "near_duplicate"
-            rejected[b["id"]] = [reason]
-            near[reason] += 1
-
-    # Stage 2: thresholds per modality on each scorer's score.
+def global_qc(jobs: list[ChunkJob], config: BuildConfig, work_dir: Path) -> tuple[GlobalQC, dict[str, Any]]:
+    """Splits, duplicates, leakage and stage-2 thresholds, decided on disk (see qc/global_checks.py)."""
+    qc = GlobalQC(work_dir / "qc_global.sqlite")
+    qc.load((job.path for job in jobs), lambda group, official: _assign_split(group, official, config.splits, config.seed),
+            config.stage1.near_duplicate_bits)
+    qc.exact_duplicates()
+    qc.leakage()
+    near = qc.near_duplicates(config.stage1.near_duplicate_bits)
     thresholds = config.stage2.get("thresholds", {})
     default = float(thresholds.get("default", 0.5))
-    scores_by_modality: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in meta:
-        if row["id"] in rejected:
-            continue
-        limit = float(thresholds.get(row["modality"], default))
-        for name, value in row["metrics"].get("scores", {}).items():
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            scores_by_modality[row["modality"]][name].append(value)
-            if value < limit:
-                rejected.setdefault(row["id"], []).append(f"alignment_below_threshold:{name}")
+    scores = qc.stage2(thresholds, default)
+    counts = qc.counts()
     stats = {
-        "candidates": len(meta),
-        "stage1_rejected": Counter(r for row in meta for r in row["qc_reasons"]),
-        "duplicates_and_leakage": Counter(v[0] for v in rejected.values()
-                                          if v[0] in ("exact_duplicate", "near_duplicate", "split_leakage")),
-        "stage2_rejected": Counter(r for v in rejected.values() for r in v if r.startswith("alignment")),
-        "stage2_scores": {m: dict(v) for m, v in scores_by_modality.items()},
+        "candidates": counts["candidates"], "stage1_rejected": counts["stage1"],
+        "duplicates_and_leakage": counts["global"], "stage2_rejected": counts["stage2"], "stage2_scores": scores,
         "stage2_thresholds": {"default": default, **{k: float(v) for k, v in thresholds.items() if k != "default"}},
         "near_duplicate_pairs": dict(near),
     }
-    return split_of, rejected, stats
+    return qc, stats
 
 
 # ------------------------------------------------------------------ phase C
-def write_shards(jobs: list[ChunkJob], out: Path, split_of: dict[str, str], rejected: dict[str, list[str]],
-                 shard_rows: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def write_shards(jobs: list[ChunkJob], out: Path, qc: GlobalQC, shard_rows: int
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     schema = arrow_schema()
     buffers: dict[str, list[dict]] = defaultdict(list)
     counters: dict[str, int] = Counter()
@@ -352,12 +293,14 @@ def write_shards(jobs: list[ChunkJob], out: Path, split_of: dict[str, str], reje
     for job in jobs:
         parquet = pq.ParquetFile(job.path)
         for batch in parquet.iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                if row["id"] in rejected:
+            rows = batch.to_pylist()
+            decided = qc.decisions([r["id"] for r in rows])
+            for row in rows:
+                split, rejected = decided[row["id"]]
+                if rejected:
                     continue
                 metrics = json.loads(row.pop("qc_metrics"))
                 row.pop("qc_reasons")
-                split = split_of[row["id"]]
                 row["split"] = split
                 row["qc"] = json.dumps({"scores": metrics.get("scores", {}), "dhash": metrics.get("dhash")}, sort_keys=True)
                 buffers[split].append(row)
@@ -400,8 +343,11 @@ def build_corpus(config: BuildConfig, out: str | Path, *, workers: int | None = 
     jobs = plan_chunks(config, work, log)
     n_workers = workers or config.workers or os.cpu_count() or 1
     summaries = run_chunks(jobs, n_workers, config.executor, log)
-    split_of, rejected, stats = global_qc(jobs, config)
-    shards, written = write_shards(jobs, out, split_of, rejected, config.shard_rows)
+    qc, stats = global_qc(jobs, config, work)
+    try:
+        shards, written = write_shards(jobs, out, qc, config.shard_rows)
+    finally:
+        qc.close()
     errors = config.source_errors + [e for s in summaries for e in s["errors"]]
     per_source = {}
     for source in config.sources:
