@@ -68,3 +68,23 @@ def test_second_run_reuses_chunks_and_gives_the_same_manifest(sample_corpus, cap
     err = capsys.readouterr().err
     assert "0 to build" in err and "reused" in err
     assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_training_plans_pack_with_the_models_layout_rules(sample_corpus) -> None:
+    """A sample's plan maps one-to-one onto PackBuilder splits (the rules the model and trainer share)."""
+    from unimedvl.model.packing import PackBuilder, SplitKind
+
+    out, _ = sample_corpus
+    for sample in iter_samples(out, "test"):
+        builder = PackBuilder()
+        for step in sample.training_plan():
+            if step["split"] == "text":
+                builder.add_text(5)
+            else:
+                builder.add_image(4, vae=step["split"] == "vae_image", noisy=step.get("noisy", False))
+        layout = builder.build()
+        per_split = [SplitKind(int(layout.split_kinds[layout.split_ids == i][0])) for i in layout.split_ids.unique().tolist()]
+        expected = [SplitKind.CAUSAL if p["split"] == "text" else SplitKind.NOISE if p.get("noisy") else SplitKind.FULL
+                    for p in sample.training_plan()]
+        assert per_split == expected
+        assert int(layout.gen_expert.sum()) == 4 * sum(p["split"] == "vae_image" for p in sample.training_plan())

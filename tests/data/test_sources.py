@@ -101,10 +101,20 @@ def test_paired_and_segmentation_folders(tmp_path: Path) -> None:
     assert "bright region" in seg.texts()[0] and seg.images()[1].format == "png"
 
 
+def test_a_source_naming_a_missing_folder_is_reported_and_the_others_build(tmp_path: Path) -> None:
+    copy_images(tmp_path / "folders" / "normal", CXR)
+    out, manifest = _build(tmp_path, [
+        {"name": "missing", "adapter": "class_folder", "path": "nowhere", "licence": "x", "modality": "ct"},
+        {"name": "ok", "adapter": "class_folder", "path": "folders", "licence": "x", "modality": "chest_xray",
+         "tasks": ["vqa"]},
+    ], splits={"train": 1.0})
+    assert manifest["total"] > 0
+    stage1 = json.loads((out / "qc/stage1.json").read_text())
+    assert stage1["input_errors"]["by_source"] == {"missing": 1}
+    assert "source folder or file not found" in (out / "qc/stage1.md").read_text()
+
+
 def test_config_errors_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="source folder or file not found"):
-        BuildConfig.from_yaml(write_config(tmp_path, [{"name": "x", "adapter": "class_folder", "path": "nowhere",
-                                                       "licence": "x", "modality": "ct"}]))
     with pytest.raises(ConfigError, match="unknown adapter"):
         BuildConfig.from_yaml(write_config(tmp_path, [{"name": "x", "adapter": "zip", "path": ".", "licence": "x"}]))
     with pytest.raises(ConfigError, match="unknown modality"):
@@ -137,3 +147,44 @@ def test_alignment_scorer_rejects_a_grey_image_labelled_histopathology(tmp_path:
     # The real QA pair names no modality and its image is grey: 0.5 * 0.5 + 0.5 * 0 = 0.25 < 0.5.
     assert manifest["qc"]["stage2_rejected"] == {"alignment_below_threshold:modality_consistency": 1}
     assert [s.template_made for s in iter_samples(out)] == [True]  # "Histopathology" answer: 0.5, kept
+
+
+@pytest.mark.parametrize("task", ["counterfactual", "cross_modal"])
+def test_other_paired_tasks(tmp_path: Path, task: str) -> None:
+    copy_images(tmp_path / "pairs" / "A", CT)
+    copy_images(tmp_path / "pairs" / "B", CT[::-1])  # real images, B named like A
+    for a, b in zip(CT, CT[::-1]):
+        (tmp_path / "pairs" / "B" / b).rename(tmp_path / "pairs" / "B" / f"tmp_{a}")
+    for a in CT:
+        (tmp_path / "pairs" / "B" / f"tmp_{a}").rename(tmp_path / "pairs" / "B" / a)
+    out, _ = _build(tmp_path, [{"name": "pairs", "adapter": "paired", "path": "pairs", "modality": "ct", "licence": "x",
+                                "tasks": [task], "options": {"task": task, "finding": "a liver lesion",
+                                                             "a_name": "T2", "b_name": "FLAIR", "target_modality": "mri"}}],
+                    splits={"train": 1.0}, qc={"stage2": {"thresholds": {"default": 0.0}}})
+    samples = [s for s in iter_samples(out) if s.task == task]
+    assert len(samples) == 2
+    plan = samples[0].training_plan()
+    if task == "counterfactual":
+        assert "a liver lesion" in samples[0].texts()[0] and plan[-1] == {"split": "text", "loss": True}
+    else:
+        assert "FLAIR" in samples[0].texts()[0] and plan[-1]["noisy"]
+
+
+def test_image_report_tables_in_the_iu_xray_layout(tmp_path: Path) -> None:
+    root = tmp_path / "iu"
+    copy_images(root / "images", CXR)
+    (root / "indiana_reports.csv").write_text(
+        "uid,MeSH,Problems,image,indication,comparison,findings,impression\n"
+        "1,normal,normal,Xray Chest PA and Lateral,cough,None.,The lungs are clear. No effusion.,No acute disease.\n"
+        "2,Cardiomegaly,Cardiomegaly,Xray Chest PA,dyspnea,None.,The heart is enlarged.,Cardiomegaly.\n"
+        "3,normal,normal,Xray Chest PA,none,None.,,\n")
+    (root / "indiana_projections.csv").write_text(
+        f"uid,filename,projection\n1,{CXR[0]},Frontal\n1,lateral.png,Lateral\n2,{CXR[1]},Frontal\n3,missing.png,Frontal\n")
+    out, manifest = _build(tmp_path, [{"name": "iu", "adapter": "image_report", "path": "iu", "licence": "CC-BY-NC-ND-4.0",
+                                       "tasks": ["report", "text_to_image"]}], splits={"train": 1.0})
+    reports = {s.items[-1].text for s in iter_samples(out) if s.task == "report"}
+    assert reports == {"Findings: The lungs are clear. No effusion. Impression: No acute disease.",
+                       "Findings: The heart is enlarged. Impression: Cardiomegaly."}
+    t2i = [s for s in iter_samples(out) if s.task == "text_to_image"]
+    assert any("Cardiomegaly." in s.texts()[0] for s in t2i) and not any(s.template_made for s in t2i)
+    assert manifest["sources"]["iu"]["errors"] == 1  # the empty report (lateral views are not used)

@@ -185,6 +185,8 @@ def plan_chunks(config: BuildConfig, work_dir: Path, log: Callable[[str], None])
         if source.adapter in ("dicom", "nifti"):
             source = replace(source, options={**source.options, "deid_salt": config.deid_salt})
         try:
+            if not source.path.exists():
+                raise RecordError(f"source folder or file not found: {source.path}")
             refs = build_adapter(source).refs()
             if source.limit is not None:
                 refs = refs[: source.limit]

@@ -73,9 +73,7 @@ class SourceConfig:
         modality = data.get("modality")
         if modality is not None and modality not in MODALITIES:
             raise ConfigError(f"{origin}: unknown modality {modality!r}; choose one of {list(MODALITIES)}")
-        path = (base_dir / data["path"]).resolve()
-        if not path.exists():
-            raise ConfigError(f"{origin}: source folder or file not found: {path}")
+        path = (base_dir / data["path"]).resolve()  # a missing path is reported by the build, per source
         return cls(name=str(data["name"]), adapter=data["adapter"], path=path, modality=modality,
                    licence=str(data["licence"]), tasks=tuple(data.get("tasks", ())),
                    options=dict(data.get("options") or {}), repeat=int(data.get("repeat", 1)),
