@@ -107,11 +107,14 @@ class MoTAttention(nn.Module):
         return torch.cat([q, k, v], dim=1)  # [n, Hq + 2*Hkv, D]
 
     def forward(self, x: torch.Tensor, routing: Routing, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
+                cache: KVCache | None, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
         qkv = routing.apply(x, lambda z: self._qkv(z, ""), lambda z: self._qkv(z, "_moe_gen"))
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all = cache.layer_kv(layer_idx, k, v, in_place=in_place)  # [Hkv, Lk, D]
+        if cache is None:  # a whole packed sequence (training): keys are the block itself
+            k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
+        else:
+            k_all, v_all = cache.layer_kv(layer_idx, k, v, in_place=in_place)  # [Hkv, Lk, D]
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
             attn_mask=attn_mask, enable_gqa=self.num_heads != self.num_kv_heads,
@@ -133,11 +136,29 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm_moe_gen = RMSNorm(h, eps=config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, routing: Routing, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
+                cache: KVCache | None, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
         h = routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
         x = x + self.self_attn(h, routing, cos, sin, cache, layer_idx, attn_mask, in_place)
         h = routing.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
-        return x + routing.apply(h, self.mlp, self.mlp_moe_gen)
+        out = x + routing.apply(h, self.mlp, self.mlp_moe_gen)
+        if self.training and torch.is_grad_enabled():
+            out = out + self._unused_expert_anchor(routing)
+        return out
+
+    def _unused_expert_anchor(self, routing: Routing) -> torch.Tensor:
+        """0 * (sum of the weights of an expert no token used): every weight gets a (zero) gradient.
+
+        Under FSDP each rank must reduce the same gradients; a pack without image latents would
+        otherwise leave the generation expert's gradients unset on that rank only.
+        """
+        if routing.gen_rows is None and routing.und_rows is None:
+            unused = "gen"
+        elif routing.gen_rows is None:
+            unused = "und"
+        else:
+            return torch.zeros((), dtype=self.input_layernorm.weight.dtype, device=self.input_layernorm.weight.device)
+        params = [p for n, p in self.named_parameters() if p.requires_grad and (("_moe_gen" in n) == (unused == "gen"))]
+        return sum((p.sum() for p in params), torch.zeros((), device=self.input_layernorm.weight.device)) * 0.0
 
 
 class Qwen2MoTModel(nn.Module):
@@ -149,9 +170,10 @@ class Qwen2MoTModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.norm_moe_gen = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, *,
+    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: KVCache | None, *,
                 gen_mask: torch.Tensor | None = None, causal: bool = False,
-                attn_mask: torch.Tensor | None = None, commit: bool = True) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, commit: bool = True,
+                checkpoint_layers: bool = False) -> torch.Tensor:
         """Run one query block `[L, H]` against `cache`; returns final-normed hidden states `[L, H]`.
 
         Args:
@@ -162,6 +184,8 @@ class Qwen2MoTModel(nn.Module):
             causal: causal inside the block (text); otherwise bidirectional (images).
             attn_mask: explicit `[L, Lc + L]` boolean mask (training packs); overrides `causal`.
             commit: append the block's keys/values to the cache (False for noisy latents).
+            checkpoint_layers: recompute each layer in backward (activation checkpointing, training).
+        With `cache=None` the block is a whole packed sequence: it attends only to itself (training).
         """
         n = embeds.shape[0]
         routing = Routing.from_mask(gen_mask)
@@ -169,12 +193,17 @@ class Qwen2MoTModel(nn.Module):
         if attn_mask is None and causal and n > 1:
             from unimedvl.model.packing import block_attention_mask
 
-            attn_mask = block_attention_mask(n, cache.length, causal=True, device=embeds.device)
-        in_place = cache.begin_block(n, commit=commit)
+            attn_mask = block_attention_mask(n, 0 if cache is None else cache.length, causal=True, device=embeds.device)
+        in_place = cache.begin_block(n, commit=commit) if cache is not None else False
         x = embeds
         for idx, layer in enumerate(self.layers):
-            x = layer(x, routing, cos, sin, cache, idx, attn_mask, in_place)
-        if commit:
+            if checkpoint_layers and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(layer, x, routing, cos, sin, cache, idx, attn_mask, in_place, use_reentrant=False)
+            else:
+                x = layer(x, routing, cos, sin, cache, idx, attn_mask, in_place)
+        if commit and cache is not None:
             cache.commit(n, rope_advance=0)
         return routing.apply(x, self.norm, self.norm_moe_gen)
 

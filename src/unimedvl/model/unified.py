@@ -152,6 +152,40 @@ class UniMedVLModel(nn.Module):
         self.run_latent_block(cache, embeds, special, commit=True)
         return ImageBlockOutput(encoder_out=tokens, tokens=embeds)
 
+    # -------------------------------------------------------------- training
+    def forward(self, segments: list[tuple], position_ids: torch.Tensor, gen_mask: torch.Tensor,
+                attn_mask: torch.Tensor, ce_positions: torch.Tensor, latent_rows: list[tuple[int, int]],
+                special: SpecialTokens, checkpoint_layers: bool = False
+                ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """A packed training sequence -> (logits at `ce_positions` `[Nc, V]`, velocities per noisy image, anchor).
+
+        `anchor` is 0 * (sum of every trainable weight outside the decoder layers); adding it to the
+        loss gives each such weight a gradient on every rank, as FSDP requires, even when this pack
+        uses no ViT image or no latent.
+
+        `segments` in pack order: ("text", ids `[T]`), ("vit", pixels `[3, H, W]`) or
+        ("latent", tokens `[N, 64]`, t, (h, w)). `latent_rows` gives (first row, rows) of each noisy
+        image. Everything that touches the weights runs here, inside forward, so FSDP2 can gather them.
+        """
+        pieces = []
+        for seg in segments:
+            if seg[0] == "text":
+                pieces.append(self.embed_ids(seg[1]))
+            elif seg[0] == "vit":
+                pieces.append(self.frame_image_block(self.encode_vit(seg[1]).tokens, special))
+            else:
+                _, tokens, t, grid = seg
+                pieces.append(self.frame_image_block(self.embed_latents(tokens, torch.tensor(t), grid), special))
+        embeds = torch.cat(pieces, dim=0).to(self.compute_dtype)
+        hidden = self.language_model.model(embeds, position_ids.to(self.device), None, gen_mask=gen_mask.to(self.device),
+                                           attn_mask=attn_mask.to(self.device), commit=False,
+                                           checkpoint_layers=checkpoint_layers)
+        logits = self.logits(hidden[ce_positions.to(self.device)])
+        velocities = [self.llm2vae(hidden[first:first + rows]) for first, rows in latent_rows]
+        outside = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("language_model.model.layers.")]
+        anchor = sum((p.sum() for p in outside), torch.zeros((), device=self.device)) * 0.0
+        return logits, velocities, anchor
+
     def velocity(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens) -> torch.Tensor:
         """Predicted flow velocity `[N, 64]` for embedded noisy latents `[N, H]` (see `embed_latents`).
 

@@ -173,7 +173,9 @@ class AutoEncoder(nn.Module):
         mean, logvar = self.moments(x).chunk(2, dim=1)
         z = mean
         if sample:
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            # Draw where the generator lives (a CPU generator stays reproducible on any device).
+            where = generator.device if generator is not None else mean.device
+            eps = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
             z = mean + torch.exp(0.5 * logvar) * eps
         return self.config.scale_factor * (z - self.config.shift_factor)
 

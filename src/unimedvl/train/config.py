@@ -1,0 +1,131 @@
+"""Typed training recipes (one YAML per curriculum stage), with `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from unimedvl.errors import ConfigError
+
+FAMILIES = ("understanding", "generation", "interleaved")
+
+
+@dataclass(frozen=True)
+class ModelInit:
+    """Where the weights come from: a preset (random init), a released checkpoint, or components."""
+
+    preset: str | None = "tiny"  # build from UnifiedConfig.<preset>() with random weights
+    checkpoint: str | None = None  # a folder in the released layout (UniMedVL / BAGEL / our export)
+    llm: str | None = None  # components: HF Qwen2 safetensors folder (gen expert copied from und expert)
+    vit: str | None = None  # HF SigLIP safetensors folder
+    vae: str | None = None  # ae.safetensors
+    tokenizer: str | None = None  # folder with tokenizer.json (default: the checkpoint's)
+    config_dir: str | None = None  # llm_config.json / vit_config.json (/ vae_config.json) for a preset-free build
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = ""  # a folder built by `unimedvl data build`
+    split: str = "train"
+    mix: dict[str, float] = field(default_factory=lambda: {"understanding": 0.75, "generation": 0.25})
+    tokens_per_pack: int = 1024  # expected tokens per packed sequence
+    max_tokens_per_sample: int = 1024
+    packs_per_step: int = 2  # global batch, split over ranks (and accumulated within a rank)
+    vae_max: int = 64
+    vae_min: int = 32
+    vit_max: int = 56
+    vit_min: int = 28
+    text_dropout: float = 0.1
+    vit_dropout: float = 0.3
+    vae_dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        unknown = set(self.mix) - set(FAMILIES)
+        if unknown:
+            raise ConfigError(f"data.mix: unknown families {sorted(unknown)}; use {list(FAMILIES)}")
+        if not self.mix or any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ConfigError("data.mix must hold non-negative ratios with a positive sum")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr: float = 1e-7
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str = "foundation"
+    model: ModelInit = field(default_factory=ModelInit)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    total_steps: int = 100
+    seed: int = 0
+    timestep_shift: float = 1.0
+    ce_weight: float = 1.0
+    mse_weight: float = 1.0
+    freeze_vae: bool = True
+    freeze_vit: bool = False
+    freeze_und: bool = False  # train only the generation expert (and generation heads)
+    activation_checkpointing: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is for GPUs
+    output_dir: str = "outputs/train"
+    save_every: int = 50
+    log_every: int = 1
+    resume: bool = True
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path.name} is not valid YAML: {exc}") from None
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
+            key, value = item.split("=", 1)
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = yaml.safe_load(value)
+        return cls.from_dict(data, path.name)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "recipe") -> "TrainConfig":
+        def build(kind: type, values: dict[str, Any], where: str) -> Any:
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = sorted(set(values) - names)
+            if unknown:
+                raise ConfigError(f"{origin}: unknown key(s) in {where}: {', '.join(unknown)}")
+            try:
+                return kind(**values)
+            except TypeError as exc:
+                raise ConfigError(f"{origin}: {where}: {exc}") from None
+
+        values = dict(data)
+        nested = {"model": ModelInit, "data": DataConfig, "optim": OptimConfig}
+        for key, kind in nested.items():
+            if key in values:
+                sub = dict(values[key] or {})
+                if key == "optim" and "betas" in sub:
+                    sub["betas"] = tuple(sub["betas"])
+                values[key] = build(kind, sub, key)
+        return build(cls, values, "the top level")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,272 @@
+"""The trainer: one loop for every curriculum stage, from one CPU to many GPUs (torchrun + FSDP2).
+
+    torchrun --nproc_per_node N -m unimedvl.train RECIPE.yaml [key=value ...]
+    unimedvl train RECIPE.yaml [key=value ...]            (one process)
+
+Per step: the global batch is `packs_per_step` packs; rank r takes packs r, r+W, ... and
+accumulates their gradients. Losses are divided by the global CE / MSE token counts and multiplied
+by the world size (FSDP averages gradients over ranks), so a step computes the same update on any
+number of ranks. AdamW, warmup + cosine decay, gradient clipping, EMA of the trainable weights.
+
+Checkpoints (`output_dir/checkpoints/step_XXXXXXX/`, torch.distributed.checkpoint) hold the model,
+optimizer, EMA and step; the data stream and every random draw are functions of (seed, step), so a
+resumed run continues exactly, on any world size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from unimedvl.io_utils import atomic_write_text
+from unimedvl.train.config import TrainConfig
+from unimedvl.train.data import CorpusIndex, PackMaker
+from unimedvl.train.init import build_for_training
+from unimedvl.train.objective import pack_losses
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(config.seed)
+        self.model_config, self.model, self.vae, self.tokenizer = build_for_training(config.model, config.seed)
+        self.model.to(self.device)
+        self.vae.to(self.device).requires_grad_(not config.freeze_vae)
+        self._apply_freezing()
+        if self.distributed:
+            self._shard()
+        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([p for _, p in self.trainable], lr=config.optim.lr,
+                                           betas=config.optim.betas, eps=config.optim.eps,
+                                           weight_decay=config.optim.weight_decay)
+        self.ema = {n: p.detach().clone().float() for n, p in self.trainable}
+        self.index = CorpusIndex(config.data.corpus, config.data.split)
+        self.packs = PackMaker(self.index, self.tokenizer, config.data, seed=config.seed,
+                               latent_downsample=self.model_config.latent_downsample,
+                               vit_patch=self.model_config.vit.patch_size)
+        self.out = Path(config.output_dir)
+        self.step = 0
+
+    # ---------------------------------------------------------------- setup
+    def _apply_freezing(self) -> None:
+        c = self.config
+        if c.freeze_vit:
+            self.model.vit_model.requires_grad_(False)
+            self.model.connector.requires_grad_(False)
+        if c.freeze_und:
+            for name, p in self.model.language_model.named_parameters():
+                if "_moe_gen" not in name:
+                    p.requires_grad_(False)
+            self.model.vit_model.requires_grad_(False)
+            self.model.connector.requires_grad_(False)
+        for table in (self.model.latent_pos_embed.pos_embed, self.model.vit_pos_embed.pos_embed):
+            table.requires_grad_(False)
+
+    def _shard(self) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        # Shard units: each MoT decoder layer (every pack runs all of them), then the root holding the
+        # rest (embeddings, ViT, heads). The ViT is not a unit of its own: a rank whose packs hold no
+        # ViT image would skip its collectives and desynchronise the others.
+        for layer in self.model.language_model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+
+    # ---------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd, "ema": self.ema}
+
+    def save(self) -> Path:
+        import torch.distributed.checkpoint as dcp
+
+        path = self.out / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:07d}"
+        tmp = path.with_name(path.name + ".tmp")
+        if self.rank == 0 and tmp.exists():
+            shutil.rmtree(tmp)
+        self._barrier()
+        dcp.save(self._state(), checkpoint_id=str(tmp))
+        self._barrier()
+        if self.rank == 0:
+            atomic_write_text(tmp / "trainer.json", json.dumps({"step": self.step, "stage": self.config.stage}))
+            if path.exists():  # an older run's checkpoint of the same step (resume=false)
+                shutil.rmtree(path)
+            os.replace(tmp, path)  # a checkpoint exists under its final name only when complete
+        self._barrier()
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        folder = self.out / "checkpoints"
+        done = sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if not p.name.endswith(".tmp")
+                      and (p / "trainer.json").is_file()) if folder.is_dir() else []
+        return done[-1] if done else None
+
+    def load(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self.step = json.loads((path / "trainer.json").read_text())["step"]
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    # ---------------------------------------------------------------- loop
+    def _all_reduce(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def train_step(self) -> dict[str, float]:
+        c = self.config
+        mine = [self.packs.make(self.step, i) for i in range(self.rank, c.data.packs_per_step, self.world)]
+        ce_count, mse_count, tokens = self._all_reduce([sum(p.num_ce_tokens for p in mine),
+                                                        sum(p.num_mse_tokens for p in mine),
+                                                        sum(p.num_tokens for p in mine)])
+        ce_total = mse_total = 0.0
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.precision == "bf16" and self.device.type == "cuda")
+        for pack in mine:
+            with autocast:
+                sums = pack_losses(self.model, self.vae, pack, self.tokenizer.special, timestep_shift=c.timestep_shift,
+                                   checkpoint_layers=c.activation_checkpointing)
+            ce = sums.ce_sum / max(ce_count, 1.0)
+            mse = sums.mse_sum / max(mse_count, 1.0)
+            (self.world * (c.ce_weight * ce + c.mse_weight * mse)).backward()
+            ce_total += float(ce.detach())
+            mse_total += float(mse.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], c.optim.grad_clip)
+        factor = lr_factor(self.step, c.optim.warmup_steps, c.total_steps, c.optim.schedule, c.optim.min_lr / c.optim.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.optim.lr * factor
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, p in self.trainable:
+                self.ema[name].lerp_(p.detach().float(), 1 - c.optim.ema_decay)
+        ce_total, mse_total = self._all_reduce([ce_total, mse_total])
+        grad = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        return {"loss": c.ce_weight * ce_total + c.mse_weight * mse_total, "ce": ce_total, "mse": mse_total,
+                "lr": c.optim.lr * factor, "tokens": tokens, "grad_norm": float(grad)}
+
+    def fit(self) -> list[dict[str, float]]:
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if c.resume and (latest := self.latest_checkpoint()) is not None:
+            self.load(latest)
+            self._log(f"resumed from {latest.name} (step {self.step})")
+        log_path = self.out / "losses.jsonl"
+        history = self._read_history(log_path)
+        writer = self._tensorboard()
+        start, first = time.perf_counter(), self.step
+        while self.step < c.total_steps:
+            t0 = time.perf_counter()
+            metrics = self.train_step()
+            self.step += 1
+            metrics.update(step=self.step, seconds=round(time.perf_counter() - t0, 4))
+            history.append(metrics)
+            if self.rank == 0:
+                with log_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+                if writer is not None:
+                    for key in ("loss", "ce", "mse", "lr", "grad_norm"):
+                        writer.add_scalar(f"{c.stage}/{key}", metrics[key], self.step)
+                if self.step % c.log_every == 0 or self.step == c.total_steps:
+                    elapsed = time.perf_counter() - start
+                    rate = metrics["tokens"] / max(metrics["seconds"], 1e-9)
+                    eta = elapsed / (self.step - first) * (c.total_steps - self.step)
+                    self._log(f"[{c.stage}] step {self.step}/{c.total_steps} loss {metrics['loss']:.4f} "
+                              f"(ce {metrics['ce']:.4f}, mse {metrics['mse']:.4f}) {rate:,.0f} tok/s ETA {eta:,.0f}s")
+            if self.step % c.save_every == 0 or self.step == c.total_steps:
+                self.save()
+        if writer is not None:
+            writer.close()
+        if self.rank == 0:
+            from unimedvl.train.plots import plot_losses
+
+            plot_losses(history, self.out / "loss_curve.png", title=c.stage)
+        return history
+
+    def _read_history(self, path: Path) -> list[dict[str, float]]:
+        """Losses logged up to the resumed step (lines of steps past the checkpoint are dropped)."""
+        if self.rank != 0 or not path.is_file():
+            return []
+        kept = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        kept = [h for h in kept if h["step"] <= self.step]
+        atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in kept))
+        return kept
+
+    def _tensorboard(self):  # noqa: ANN202
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _log(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, file=sys.stderr, flush=True)
+
+    # ---------------------------------------------------------------- export
+    def export(self, folder: str | Path, *, use_ema: bool = True) -> Path:
+        """Write the released layout (ema.safetensors, configs, ae.safetensors, tokenizer) for the loader."""
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        folder = Path(folder)
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if use_ema:
+            for name, value in self.ema.items():
+                full[name] = value.full_tensor() if hasattr(value, "full_tensor") else value
+        if self.rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".ema.safetensors.tmp"
+            save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in full.items()}, str(tmp))
+            os.replace(tmp, folder / "ema.safetensors")
+            tmp = folder / ".ae.safetensors.tmp"
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.vae.state_dict().items()}, str(tmp))
+            os.replace(tmp, folder / "ae.safetensors")
+            self.model_config.save_to_dir(folder)
+            self.tokenizer.backend.save(str(folder / "tokenizer.json"))
+        self._barrier()
+        return folder
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
