@@ -287,6 +287,28 @@ def demo(
           "its answers and images are not meaningful.")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    recipe: Path = typer.Argument(..., help="A recipe YAML (see recipes/)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=3e-4 total_steps=20"),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the released layout here when training ends."),
+) -> None:
+    """Train one curriculum stage in this process (use `torchrun ... -m unimedvl.train` for several)."""
+    from unimedvl.train.config import TrainConfig
+    from unimedvl.train.trainer import Trainer
+
+    trainer = Trainer(TrainConfig.from_yaml(recipe, list(overrides or [])))
+    try:
+        history = trainer.fit()
+        if export is not None:
+            trainer.export(export)
+            print(f"exported {export}")
+    finally:
+        trainer.close()
+    if history:
+        print(f"step {history[-1]['step']}: loss {history[-1]['loss']:.4f}")
+
+
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build and review multimodal corpora.")
 app.add_typer(data_app, name="data")
 

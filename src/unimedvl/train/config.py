@@ -108,10 +108,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "recipe") -> "TrainConfig":
         def build(kind: type, values: dict[str, Any], where: str) -> Any:
+            import typing
+
             names = {f.name for f in dataclasses.fields(kind)}
             unknown = sorted(set(values) - names)
             if unknown:
                 raise ConfigError(f"{origin}: unknown key(s) in {where}: {', '.join(unknown)}")
+            hints = typing.get_type_hints(kind)
+            for key, value in list(values.items()):
+                # YAML reads 3e-4 (no dot) as a string, and users write numbers as strings: coerce and check.
+                if hints[key] is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+                    try:
+                        values[key] = float(value)
+                    except ValueError:
+                        raise ConfigError(f"{origin}: {where}.{key} must be a number, got {value!r}") from None
+                elif hints[key] is int and not isinstance(value, int):
+                    raise ConfigError(f"{origin}: {where}.{key} must be an integer, got {value!r}")
+                elif hints[key] is bool and not isinstance(value, bool):
+                    raise ConfigError(f"{origin}: {where}.{key} must be true or false, got {value!r}")
             try:
                 return kind(**values)
             except TypeError as exc:

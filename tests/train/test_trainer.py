@@ -1,0 +1,130 @@
+"""The trainer: world-size independence (FSDP2, gloo), exact resume after SIGKILL, export, freezing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, write_recipe
+from unimedvl.errors import ConfigError
+from unimedvl.train.config import TrainConfig
+from unimedvl.train.trainer import Trainer, lr_factor
+
+
+def _losses(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
+
+
+def _train(recipe: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "unimedvl.train", str(recipe), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_every_recipe_matches_the_schema() -> None:
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 6
+    mixes = {}
+    for path in recipes:
+        config = TrainConfig.from_yaml(path)
+        mixes[path.stem] = config.data.mix
+    assert mixes["stage1-foundation"] == {"understanding": 0.75, "generation": 0.25}
+    assert mixes["stage2-instruction"] == {"understanding": 0.40, "generation": 0.45, "interleaved": 0.10}
+    assert mixes["stage3-unified"] == {"understanding": 0.37, "generation": 0.35, "interleaved": 0.25}
+    assert [TrainConfig.from_yaml(REPO / f"recipes/stage{i}.yaml").total_steps
+            for i in ("1-foundation", "2-instruction", "3-unified")] == [85000, 120000, 70000]
+
+
+def test_recipe_errors_and_overrides(tmp_path: Path, train_corpus: Path) -> None:
+    recipe = write_recipe(tmp_path, train_corpus)
+    config = TrainConfig.from_yaml(recipe, ["optim.lr=3e-4", "total_steps=9"])
+    assert config.optim.lr == 3e-4 and config.total_steps == 9
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainConfig.from_yaml(recipe, ["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        TrainConfig.from_yaml(recipe, ["total_steps"])
+    with pytest.raises(ConfigError, match="unknown families"):
+        TrainConfig.from_yaml(recipe, ["data.mix={video: 1.0}"])
+
+
+def test_schedule() -> None:
+    assert lr_factor(0, 10, 100, "cosine", 0.0) == pytest.approx(0.1)
+    assert lr_factor(10, 10, 100, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, "cosine", 0.01) == pytest.approx(0.01)
+    assert lr_factor(55, 10, 100, "constant", 0.0) == 1.0
+
+
+def test_two_processes_match_one(tmp_path: Path, train_corpus: Path) -> None:
+    one = write_recipe(tmp_path / "one", train_corpus, total_steps=3, save_every=3)
+    two = write_recipe(tmp_path / "two", train_corpus, total_steps=3, save_every=3)
+    assert _train(one).wait(timeout=300) == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "unimedvl.train", str(two)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = _losses(tmp_path / "one" / "run"), _losses(tmp_path / "two" / "run")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert x["tokens"] == y["tokens"]
+        for key in ("loss", "ce", "mse", "grad_norm"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (key, x, y)
+    assert a[-1]["loss"] < a[0]["loss"]
+
+
+def test_sigkill_and_resume_give_the_same_loss_curve(tmp_path: Path, train_corpus: Path) -> None:
+    clean = write_recipe(tmp_path / "clean", train_corpus)
+    assert _train(clean).wait(timeout=300) == 0
+    killed = write_recipe(tmp_path / "killed", train_corpus)
+    proc = _train(killed)
+    marker = tmp_path / "killed" / "run" / "checkpoints" / "step_0000004" / "trainer.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not marker.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists()
+    assert _train(killed).wait(timeout=300) == 0
+    a, b = _losses(tmp_path / "clean" / "run"), _losses(tmp_path / "killed" / "run")
+    assert [x["step"] for x in b] == list(range(1, 7))
+    for x, y in zip(a, b):
+        for key in ("loss", "ce", "mse", "lr", "tokens"):
+            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (key, x, y)
+    assert (tmp_path / "killed" / "run" / "loss_curve.png").is_file()
+    assert any((tmp_path / "killed" / "run" / "tensorboard").iterdir())
+
+
+def test_export_loads_and_freezing(tmp_path: Path, train_corpus: Path) -> None:
+    from unimedvl.engine import UniMedVL
+
+    recipe = write_recipe(tmp_path, train_corpus, total_steps=2, save_every=2, freeze_und=True)
+    trainer = Trainer(TrainConfig.from_yaml(recipe))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    after = dict(trainer.model.named_parameters())
+    und = "language_model.model.layers.0.mlp.up_proj.weight"
+    gen = "language_model.model.layers.0.mlp_moe_gen.up_proj.weight"
+    assert torch.equal(before[und], after[und]) and not torch.equal(before[gen], after[gen])
+    assert torch.equal(before["vit_model.vision_model.post_layernorm.weight"], after["vit_model.vision_model.post_layernorm.weight"])
+    out = trainer.export(tmp_path / "export")
+    model = UniMedVL.from_pretrained(out)
+    assert all(r.ok for r in model.load_reports)
+    ema = trainer.ema[gen].to(torch.bfloat16).float()
+    assert torch.equal(model.model.get_parameter(gen), ema)
+    assert model.ask([], "What imaging modality is this?", max_new_tokens=3).token_ids
+
+
+def test_cli_train_command(tmp_path: Path, train_corpus: Path, capsys) -> None:
+    from unimedvl.cli import main
+
+    recipe = write_recipe(tmp_path, train_corpus, total_steps=2, save_every=2)
+    assert main(["train", str(recipe), "data.packs_per_step=2", "--export", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "ema.safetensors").is_file()
+    assert "step 2: loss" in capsys.readouterr().out
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
