@@ -339,6 +339,24 @@ def data_build(
     print(f"manifest: {out / 'manifest.json'}; dataset card: {out / 'README.md'}; QC reports: {out / 'qc'}")
 
 
+@data_app.command("transform")
+def data_transform(
+    corpus: Path = typer.Argument(..., help="A built corpus folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output corpus folder."),
+    teacher: str = typer.Option("labels", help="labels | local:CHECKPOINT_DIR | openai:URL#MODEL"),
+    cot: bool = typer.Option(True, "--cot/--no-cot", help="Distilled chain-of-thought answers."),
+    captions: bool = typer.Option(True, "--captions/--no-captions", help="Caption-augmented generation prompts."),
+    fraction: float = typer.Option(0.5, help="Share of eligible samples to transform (originals are kept)."),
+) -> None:
+    """Stage-2 transforms: chain-of-thought answers and caption-augmented prompts from a teacher."""
+    from unimedvl.data.transforms import make_teacher, transform_corpus
+
+    manifest = transform_corpus(corpus, out, make_teacher(teacher, out / "work"), cot=cot, captions=captions,
+                                fraction=fraction)
+    print(f"{manifest['total']} samples; transformed: {manifest['counts']['transform']}; "
+          f"teacher failures: {manifest['teacher_failures']}")
+
+
 @data_app.command("review")
 def data_review(
     corpus: Path = typer.Argument(..., help="A built corpus folder."),

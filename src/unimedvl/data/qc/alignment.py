@@ -13,13 +13,8 @@ Scorers are pluggable (`AlignmentScorer`): each maps a sample to a score in [0, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import sqlite3
-import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -128,6 +123,23 @@ Grade it from 1 to 5:
 Reply with JSON only: {"score": <1-5>, "reason": "<one sentence>"}."""
 
 
+def _parse_verdict(content: str) -> tuple[float, str]:
+    match = re.search(r"\{.*\}", content, re.DOTALL)
+    verdict = json.loads(match.group(0) if match else content)
+    score = float(verdict["score"])
+    if not 1 <= score <= 5:
+        raise ValueError(f"score {score} outside 1-5")
+    return score, str(verdict.get("reason", ""))
+
+
+def _valid_verdict(content: str) -> bool:
+    try:
+        _parse_verdict(content)
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+        return False
+    return True
+
+
 class LLMJudge:
     """Grades sample text through an OpenAI-compatible `/chat/completions` endpoint, cached on disk."""
 
@@ -135,48 +147,16 @@ class LLMJudge:
 
     def __init__(self, endpoint: str, model: str, cache_path: str | Path, *, api_key: str | None = None,
                  rubric: str = JUDGE_RUBRIC, timeout: float = 60.0) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        self.model, self.rubric, self.timeout, self.api_key = model, rubric, timeout, api_key
-        self.cache_path = Path(cache_path)
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, score REAL, reason TEXT)")
-        self.requests = 0
+        from unimedvl.openai_compat import CachedChatClient
 
-    def _db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.cache_path, timeout=30)
-
-    def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.model}\x1f{self.rubric}\x1f{text}".encode()).hexdigest()
+        self.rubric = rubric
+        self.client = CachedChatClient(endpoint, model, cache_path, api_key=api_key, timeout=timeout)
 
     def judge_text(self, text: str) -> tuple[float | None, str]:
-        key = self._key(text)
-        with self._lock, self._db() as db:
-            row = db.execute("SELECT score, reason FROM answers WHERE key = ?", (key,)).fetchone()
-        if row:
-            return row[0], row[1]
-        body = json.dumps({"model": self.model, "temperature": 0,
-                           "messages": [{"role": "system", "content": self.rubric},
-                                        {"role": "user", "content": text}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(f"{self.endpoint}/chat/completions", data=body, headers=headers)
-        self.requests += 1
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                content = json.loads(response.read())["choices"][0]["message"]["content"]
-            match = re.search(r"\{.*\}", content, re.DOTALL)
-            verdict = json.loads(match.group(0) if match else content)
-            score, reason = float(verdict["score"]), str(verdict.get("reason", ""))
-            if not 1 <= score <= 5:
-                raise ValueError(f"score {score} outside 1-5")
-        except (urllib.error.URLError, TimeoutError, KeyError, ValueError, json.JSONDecodeError) as exc:
-            return None, f"judge_error: {type(exc).__name__}"  # not cached: retried on the next build
-        with self._lock, self._db() as db:
-            db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)", (key, score, reason))
-        return score, reason
+        content = self.client.complete(self.rubric, text, accept=_valid_verdict)
+        if content is None:
+            return None, "judge_error"  # not cached: retried on the next build
+        return _parse_verdict(content)
 
     def score(self, sample: Sample, metrics: dict) -> float:
         score, _ = self.judge_text("\n".join(sample.texts()))
