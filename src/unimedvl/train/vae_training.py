@@ -1,0 +1,90 @@
+"""Train a small FLUX-architecture autoencoder on a corpus's images (for a model without FLUX weights).
+
+Loss: L1 reconstruction + beta * KL(posterior || N(0, 1)) on images resized to `size` px, batches
+drawn by a generator seeded per step (deterministic). Afterwards the latent statistics are measured
+on the training images and stored as `scale_factor = 1 / std` and `shift_factor = mean`, the role
+FLUX's 0.3611 / 0.1159 play, so latents enter the flow model with unit scale.
+Writes `ae.safetensors` and `vae_config.json` (read by the loader).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from unimedvl.config import VAEConfig
+from unimedvl.data.storage import iter_samples
+from unimedvl.images import load_image, to_tensor
+from unimedvl.io_utils import atomic_write_text
+from unimedvl.model.vae import AutoEncoder
+
+
+def corpus_images(corpus: str | Path, split: str = "train", limit: int | None = None) -> list[bytes]:
+    seen, out = set(), []
+    for sample in iter_samples(corpus, split):
+        for ref in sample.images():
+            if ref.sha256 not in seen:
+                seen.add(ref.sha256)
+                out.append(ref.data)
+                if limit and len(out) >= limit:
+                    return out
+    return out
+
+
+def _batch(images: list[bytes], size: int, batch: int, rng: random.Random) -> torch.Tensor:
+    pixels = []
+    for _ in range(batch):
+        image = load_image(Image.open(io.BytesIO(images[rng.randrange(len(images))])))
+        side = min(image.size)
+        left, top = rng.randint(0, image.width - side), rng.randint(0, image.height - side)
+        pixels.append(to_tensor(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
+    return torch.stack(pixels)
+
+
+def train_vae(images: list[bytes], out: str | Path, *, config: VAEConfig, steps: int = 500, batch: int = 16,
+              size: int = 64, lr: float = 1e-3, beta: float = 1e-4, seed: int = 0, log_every: int = 50) -> list[float]:
+    if not images:
+        raise ValueError("no images to train the VAE on")
+    torch.manual_seed(seed)
+    model = AutoEncoder(replace(config, scale_factor=1.0, shift_factor=0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        rng = random.Random(f"{seed}/{step}")
+        x = _batch(images, size, batch, rng)
+        mean, logvar = model.moments(x).chunk(2, dim=1)
+        logvar = logvar.clamp(-30, 20)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+        recon = model.decoder(z)
+        l1 = (recon - x).abs().mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = l1 + beta * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        optimizer.step()
+        losses.append(float(l1))
+        if log_every and (step + 1) % log_every == 0:
+            print(f"[vae] step {step + 1}/{steps} l1 {float(l1):.4f} kl {float(kl):.3f}", file=sys.stderr, flush=True)
+    with torch.no_grad():  # latent statistics -> scale / shift, as FLUX's constants
+        x = _batch(images, size, 64, random.Random(f"{seed}/stats"))
+        mean = model.moments(x).chunk(2, dim=1)[0]
+        final = replace(config, shift_factor=round(float(mean.mean()), 4), scale_factor=round(1.0 / float(mean.std()), 4))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".ae.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(out / "ae.safetensors")
+    atomic_write_text(out / "vae_config.json", json.dumps(final.to_json_dict(), indent=2) + "\n")
+    return losses

@@ -1,0 +1,40 @@
+"""Our own tokenizer (BPE on corpus text, Qwen layout) and a small VAE trained on corpus images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from unimedvl.checkpoint import load_safetensors_into
+from unimedvl.config import VAEConfig
+from unimedvl.model.vae import AutoEncoder
+from unimedvl.tokenizer import TextTokenizer
+from unimedvl.train.tokenizer_training import QWEN_SPECIALS, corpus_texts, train_tokenizer
+from unimedvl.train.vae_training import corpus_images, train_vae
+
+
+def test_tokenizer_trained_on_corpus_text(train_corpus: Path, tmp_path: Path) -> None:
+    train_tokenizer(corpus_texts(train_corpus), tmp_path, vocab_size=400)
+    tok = TextTokenizer.from_dir(tmp_path)
+    assert tok.vocab_size == 400 + len(QWEN_SPECIALS)  # 256 bytes + 144 merges, then the specials
+    assert tok.special.bos == 400 + 1 and tok.special.end_of_image == 400 + 10
+    text = "Does this chest X-ray show pneumonia? Ünïcode and 数字 123."
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode("What imaging modality is this?")) < len("What imaging modality is this?") / 2
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["added_tokens_decoder"][str(tok.special.eos)]["content"] == "<|im_end|>"
+
+
+def test_vae_learns_to_reconstruct(train_corpus: Path, tmp_path: Path) -> None:
+    images = corpus_images(train_corpus, limit=64)
+    config = VAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1)
+    losses = train_vae(images, tmp_path, config=config, steps=40, batch=8, size=32, lr=2e-3, log_every=0)
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    saved = VAEConfig.from_json_dict(json.loads((tmp_path / "vae_config.json").read_text()))
+    assert saved.scale_factor > 0 and saved.ch == 32
+    with torch.device("meta"):
+        vae = AutoEncoder(saved)
+    report = load_safetensors_into(vae, [tmp_path / "ae.safetensors"], dtype=torch.float32, device=torch.device("cpu"))
+    assert report.ok and report.loaded == len(vae.state_dict())
