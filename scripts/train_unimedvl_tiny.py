@@ -1,0 +1,106 @@
+"""Reproduce UniMedVL-tiny from the shared data folder, end to end, on a CPU.
+
+    .venv/bin/python scripts/train_unimedvl_tiny.py --out outputs/unimedvl-tiny [--scale 1.0]
+
+1. corpus: `recipes/unimedvl-tiny/corpus.yaml` (every research-use set of ../shared/data, 8 modalities);
+2. tokenizer: byte-level BPE trained on the corpus text (Qwen layout, 2048 entries + 14 specials);
+3. VAE: the FLUX architecture at tiny width, trained on the corpus images;
+4. model: the tiny architecture below, random init, then the three curriculum stages
+   (stage 2 on the corpus with label-made chain-of-thought and captions), each exported;
+5. the stage-3 export is the model (`OUT/model`), in the released layout.
+
+Every random draw is seeded; `--scale` multiplies the step counts (1.0 = the shipped model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+TINY = {
+    "llm": {"vocab_size": 2064, "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2},
+    "vit": {"hidden_size": 128, "intermediate_size": 384, "num_attention_heads": 4, "num_hidden_layers": 3},
+    "vae": {"ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1},
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "unimedvl-tiny")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (smoke runs: 0.01)")
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
+    from unimedvl.data.pipeline import BuildConfig, build_corpus
+    from unimedvl.data.transforms import LabelTeacher, transform_corpus
+    from unimedvl.train.config import TrainConfig
+    from unimedvl.train.tokenizer_training import corpus_texts, train_tokenizer
+    from unimedvl.train.trainer import Trainer
+    from unimedvl.train.vae_training import corpus_images, train_vae
+
+    out = args.out
+    corpus = out / "corpus"
+    if not (corpus / "manifest.json").is_file():
+        log("building the corpus")
+        build_corpus(BuildConfig.from_yaml(REPO / "recipes/unimedvl-tiny/corpus.yaml"), corpus)
+    base = out / "base"
+    if not (base / "tokenizer.json").is_file():
+        log("training the tokenizer")
+        train_tokenizer(corpus_texts(corpus), base, vocab_size=TINY["llm"]["vocab_size"] - 16)
+    if not (base / "ae.safetensors").is_file():
+        log("training the VAE")
+        train_vae(corpus_images(corpus), base, config=VAEConfig(**{**TINY["vae"], "ch_mult": tuple(TINY["vae"]["ch_mult"])}),
+                  steps=max(10, int(args.vae_steps * args.scale)), batch=16, size=64, lr=1e-3)
+    vae_config = VAEConfig.from_json_dict(json.loads((base / "vae_config.json").read_text()))
+    UnifiedConfig(llm=LLMConfig(**TINY["llm"]), vit=ViTConfig(**TINY["vit"]), vae=vae_config).save_to_dir(base)
+    stage2_corpus = out / "corpus-stage2"
+    if not (stage2_corpus / "manifest.json").is_file():
+        log("stage-2 corpus: label-made chain-of-thought and captions")
+        transform_corpus(corpus, stage2_corpus, LabelTeacher(), fraction=0.25)
+    previous = None
+    for name, data in (("stage1-foundation", corpus), ("stage2-instruction", stage2_corpus), ("stage3-unified", corpus)):
+        export = out / name / "export"
+        if (export / "ema.safetensors").is_file():
+            previous = export
+            continue
+        model = ({"checkpoint": str(previous)} if previous else
+                 {"preset": None, "config_dir": str(base), "tokenizer": str(base), "vae": str(base / "ae.safetensors")})
+        recipe = TrainConfig.from_yaml(REPO / f"recipes/unimedvl-tiny/{name}.yaml")
+        raw = recipe.to_dict()
+        raw["model"] = model
+        raw["data"]["corpus"] = str(data)
+        raw["output_dir"] = str(out / name)
+        raw["total_steps"] = max(2, int(recipe.total_steps * args.scale))
+        raw["save_every"] = max(1, min(recipe.save_every, raw["total_steps"]))
+        config = TrainConfig.from_dict(raw)
+        log(f"{name}: {config.total_steps} steps")
+        trainer = Trainer(config)
+        trainer.fit()
+        trainer.export(export)
+        trainer.close()
+        previous = export
+    final = out / "model"
+    if previous and not (final / "ema.safetensors").is_file():
+        import shutil
+
+        shutil.copytree(previous, final, dirs_exist_ok=True)
+    log(f"done: {final}")
+
+
+if __name__ == "__main__":
+    main()
