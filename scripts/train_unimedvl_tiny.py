@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "unimedvl-tiny")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (smoke runs: 0.01)")
-    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--vae-steps", type=int, default=700)
     args = parser.parse_args()
 
     import torch

@@ -89,7 +89,10 @@ def test_pickle_checkpoint_via_the_command_line(checkpoint_copy: Path) -> None:
 
 
 def test_demo_runs_every_task(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--size", "32", "--steps", "3"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--steps", "3", "--size", "32"]) == 0
     report = json.loads((tmp_path / "demo.json").read_text())
-    assert {"ask", "report", "generate_seconds", "edit_seconds"} <= set(report)
-    assert Image.open(tmp_path / "generated_cxr.png").size == (32, 32)
+    assert {"answers", "ask_seconds", "generate_seconds", "edit_seconds"} <= set(report)
+    assert [a["question"] for a in report["answers"]][1] == "Does this chest X-ray show pneumonia?"
+    page = (tmp_path / "demo.html").read_text()
+    assert page.count("data:image/png;base64,") >= 9 and "Does this chest X-ray show pneumonia?" in page
+    assert Image.open(tmp_path / "generated_0.png").size == (32, 32)

@@ -165,8 +165,8 @@ _EDIT = _image_options("edit")
 def generate(
     prompt: str = typer.Argument(..., help="What to draw, e.g. 'A chest X-ray with pneumonia.'"),
     out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="Output image file."),
-    height: int = typer.Option(1024, help="Output height (multiple of 16)."),
-    width: int = typer.Option(1024, help="Output width (multiple of 16)."),
+    height: Optional[int] = typer.Option(None, help="Output height (multiple of 16; default: the model's size)."),
+    width: Optional[int] = typer.Option(None, help="Output width (multiple of 16; default: the model's size)."),
     seed: int = typer.Option(0, help="Seed of the initial noise."),
     think: bool = typer.Option(False, "--think", help="Plan in <think> tags first."),
     steps: Optional[int] = _GEN["steps"], shift: Optional[float] = _GEN["shift"],
@@ -252,39 +252,67 @@ def info(
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", "-o", help="Folder for the demo's outputs."),
     checkpoint: Optional[Path] = CheckpointOpt,
-    size: int = typer.Option(256, help="Generated image side (multiple of 16)."),
     steps: int = typer.Option(20, help="Timesteps per generated image."),
+    size: Optional[int] = typer.Option(None, help="Generated image side (default: the model's training size)."),
 ) -> None:
-    """Run every task once on the bundled sample images and write the results to a folder."""
+    """Run every task once on bundled real images; write the results and an HTML report to a folder."""
+    import base64
+    import html
+    import io
+
     from unimedvl.assets import SAMPLES
     from unimedvl.io_utils import atomic_write_text
+    from unimedvl.sampling import GuidanceOptions
 
     model = _load(checkpoint, None, None)
     cxr, mri = SAMPLES / "chest_xray_nih.png", SAMPLES / "brain_mri_msd.png"
-    report: dict[str, object] = {"checkpoint": str(checkpoint or "built-in tiny model")}
+    questions = [(cxr, "What imaging modality is this?"), (cxr, "Does this chest X-ray show pneumonia?"),
+                 (mri, "What imaging modality is this?"), (mri, "What does this MRI scan show?")]
+    report: dict[str, object] = {"checkpoint": str(checkpoint or "built-in model"), "answers": []}
     start = time.perf_counter()
-    report["ask"] = model.ask([cxr], "What imaging modality is this?", max_new_tokens=32).text
-    report["report"] = model.ask([cxr], "Describe the findings in this chest X-ray.", max_new_tokens=48).text
+    for image, question in questions:
+        answer = model.ask([image], question, max_new_tokens=32).text
+        report["answers"].append({"image": image.name, "question": question, "answer": answer})  # type: ignore[union-attr]
     report["ask_seconds"] = round(time.perf_counter() - start, 3)
-    from unimedvl.sampling import GuidanceOptions
-
     start = time.perf_counter()
-    generated = model.generate("A chest X-ray with pneumonia.", height=size, width=size, seed=0,
-                               guidance=GuidanceOptions.text_to_image(num_timesteps=steps),
-                               progress=_progress("generate"))
+    prompts = ["A chest X-ray with pneumonia.", "A fundus photograph.", "A brain MRI scan."]
+    generated = [model.generate(p, seed=0, height=size, width=size, guidance=GuidanceOptions.text_to_image(num_timesteps=steps, interval=(0.0, 1.0)),
+                                progress=_progress("generate")) for p in prompts]
     report["generate_seconds"] = round(time.perf_counter() - start, 3)
-    _save_image(generated, out / "generated_cxr.png")
     start = time.perf_counter()
-    edited = model.edit(mri, "Convert this T1 slice to a FLAIR slice.", seed=0,
-                        guidance=GuidanceOptions.editing(num_timesteps=steps), progress=_progress("edit"))
+    instruction = "Increase the resolution of this MRI scan 2 times."
+    edited = model.edit(mri, instruction, seed=0, guidance=GuidanceOptions.editing(num_timesteps=steps),
+                        progress=_progress("edit"))
     report["edit_seconds"] = round(time.perf_counter() - start, 3)
+    for index, image in enumerate(generated):
+        _save_image(image, out / f"generated_{index}.png")
     _save_image(edited, out / "edited_mri.png")
+
+    def data_url(image) -> str:  # noqa: ANN001
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    from PIL import Image
+
+    rows = "".join(f"<tr><td><img src='{data_url(Image.open(SAMPLES / a['image']).convert('RGB').resize((128, 128)))}'></td>"
+                   f"<td>{html.escape(a['question'])}</td><td>{html.escape(a['answer'])}</td></tr>"
+                   for a in report["answers"])  # type: ignore[union-attr]
+    gens = "".join(f"<figure><img src='{data_url(g.resize((128, 128)))}'><figcaption>{html.escape(p)}</figcaption></figure>"
+                   for p, g in zip(prompts, generated))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unimedvl demo</title><style>body{{font-family:sans-serif;"
+            f"max-width:900px;margin:auto}} figure{{display:inline-block;margin:6px}} td{{padding:4px;border-bottom:1px solid #ddd}}"
+            f"</style></head><body><h1>unimedvl demo</h1><p>Model: {html.escape(str(report['checkpoint']))}</p>"
+            f"<h2>Questions about real images</h2><table><tr><th>image</th><th>question</th><th>answer</th></tr>{rows}</table>"
+            f"<h2>Text-to-image</h2>{gens}<h2>Editing</h2><figure><img src='{data_url(Image.open(mri).convert('RGB').resize((128, 128)))}'>"
+            f"<figcaption>input</figcaption></figure><figure><img src='{data_url(edited.resize((128, 128)))}'><figcaption>"
+            f"{html.escape(instruction)}</figcaption></figure><p>Times: ask {report['ask_seconds']} s, generate "
+            f"{report['generate_seconds']} s, edit {report['edit_seconds']} s (CPU).</p></body></html>")
+    atomic_write_text(out / "demo.html", page)
     atomic_write_text(out / "demo.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    for key, value in report.items():
-        print(f"{key}: {value}")
-    print(f"wrote {out}/generated_cxr.png, {out}/edited_mri.png, {out}/demo.json")
-    print("note: the built-in model is a tiny random-weight checkpoint that proves the code paths; "
-          "its answers and images are not meaningful.")
+    for answer in report["answers"]:  # type: ignore[union-attr]
+        print(f"Q ({answer['image']}): {answer['question']}\nA: {answer['answer']}")
+    print(f"wrote {out}/demo.html (questions, {len(generated)} generated images, 1 edit)")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})

@@ -102,15 +102,22 @@ def _check_prompt(text: object, what: str = "prompt") -> str:
 class UniMedVL:
     """The model, its VAE and tokenizer, loaded once; every task is a method."""
 
-    def __init__(self, loaded: LoadedCheckpoint, *, vqa_vit_rule: ResizeRule = UNIMEDVL_VQA_VIT,
-                 gen_vae_rule: ResizeRule = UNIMEDVL_VAE, gen_vit_rule: ResizeRule = UNIMEDVL_GEN_VIT) -> None:
+    def __init__(self, loaded: LoadedCheckpoint, *, vqa_vit_rule: ResizeRule | None = None,
+                 gen_vae_rule: ResizeRule | None = None, gen_vit_rule: ResizeRule | None = None) -> None:
         self.config = loaded.config
         self.model = loaded.model
         self.vae = loaded.vae
         self.tokenizer = loaded.tokenizer
         self.special = loaded.tokenizer.special
         self.load_reports = loaded.reports
-        self.vqa_vit_rule, self.gen_vae_rule, self.gen_vit_rule = vqa_vit_rule, gen_vae_rule, gen_vit_rule
+        # Resize rules: the reference's, unless the checkpoint says it was trained at other sizes.
+        sizes = loaded.image_config or {}
+        vit = ResizeRule(sizes["vit_max"], sizes["vit_min"], self.config.vit.patch_size) if "vit_max" in sizes else None
+        vae = ResizeRule(sizes["vae_max"], sizes["vae_min"], self.config.latent_downsample) if "vae_max" in sizes else None
+        self.vqa_vit_rule = vqa_vit_rule or vit or UNIMEDVL_VQA_VIT
+        self.gen_vae_rule = gen_vae_rule or vae or UNIMEDVL_VAE
+        self.gen_vit_rule = gen_vit_rule or vit or UNIMEDVL_GEN_VIT
+        self.default_image_size = int(sizes.get("default_size", 1024))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **load_options: object) -> "UniMedVL":
@@ -366,11 +373,15 @@ class UniMedVL:
             trace.contexts = {k: (c.length, c.rope) for k, c in contexts.items()}
         return Image.fromarray(to_uint8(decoded))
 
-    def generate(self, prompt: str, *, height: int = 1024, width: int = 1024, guidance: GuidanceOptions | None = None,
+    def generate(self, prompt: str, *, height: int | None = None, width: int | None = None,
+                 guidance: GuidanceOptions | None = None,
                  think: bool = False, seed: int | None = None, progress: ProgressFn | None = None,
                  **kwargs: object) -> Image.Image:
-        """Text-to-image. Defaults follow BAGEL's T2I settings (scale 4, interval (0.4, 1], shift 3, 50 steps)."""
+        """Text-to-image. Defaults follow BAGEL's T2I settings (scale 4, interval (0.4, 1], shift 3, 50 steps);
+        the size defaults to 1024x1024, or to the size a small checkpoint was trained at (image_config.json)."""
         _check_prompt(prompt)
+        height = height or self.default_image_size
+        width = width or self.default_image_size
         image, _ = self.interleave([prompt], height=height, width=width,
                                    guidance=guidance or GuidanceOptions.text_to_image(), think=think, seed=seed,
                                    progress=progress, **kwargs)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ class LoadedCheckpoint:
     vae: AutoEncoder | None
     tokenizer: TextTokenizer
     reports: list[LoadReport]
+    image_config: dict | None = None  # optional `image_config.json`: the sizes a small model was trained at
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -106,4 +107,13 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
             log.warning("%s has no ae.safetensors: image generation and editing are unavailable", folder)
     for report in reports:
         log.info("%s", report.format())
-    return LoadedCheckpoint(config=config, model=model, vae=vae, tokenizer=tokenizer, reports=reports)
+    image_config = None
+    if (folder / "image_config.json").is_file():
+        import json
+
+        try:
+            image_config = json.loads((folder / "image_config.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"image_config.json is not valid JSON: {exc}") from None
+    return LoadedCheckpoint(config=config, model=model, vae=vae, tokenizer=tokenizer, reports=reports,
+                            image_config=image_config)

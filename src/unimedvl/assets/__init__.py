@@ -10,6 +10,9 @@ SAMPLES = ASSETS / "samples"
 SAMPLE_CORPUS_CONFIG = ASSETS / "sample_data" / "build.yaml"
 
 
+UNIMEDVL_TINY = ASSETS / "unimedvl-tiny"
+
+
 def default_checkpoint() -> Path:
-    """The model the CLI uses when no --checkpoint is given (for now the tiny reference fixture)."""
-    return REFERENCE_TINY
+    """The model the CLI uses when no --checkpoint is given: UniMedVL-tiny when packaged, else the fixture."""
+    return UNIMEDVL_TINY if (UNIMEDVL_TINY / "ema.safetensors").is_file() else REFERENCE_TINY

@@ -264,6 +264,10 @@ class Trainer:
             os.replace(tmp, folder / "ae.safetensors")
             self.model_config.save_to_dir(folder)
             self.tokenizer.backend.save(str(folder / "tokenizer.json"))
+            d = self.config.data  # the image sizes the model was trained at, for the engine's resize rules
+            atomic_write_text(folder / "image_config.json", json.dumps(
+                {"vae_max": d.vae_max, "vae_min": d.vae_min, "vit_max": d.vit_max, "vit_min": d.vit_min,
+                 "default_size": d.vae_max}, indent=2) + "\n")
         self._barrier()
         return folder
 
