@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import small_sources, write_config
+from data_helpers import small_sources, write_config
 from unimedvl.cli import main
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 

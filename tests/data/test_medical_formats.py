@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pydicom
 from pydicom.data import get_testdata_file
 
-from conftest import write_config
+from data_helpers import write_config
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 from unimedvl.data.storage import iter_samples
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE_DATA, write_config
+from data_helpers import SAMPLE_DATA, write_config
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 from unimedvl.data.qc.coarse import CoarseLimits, check_text, near_duplicate_pairs
 from unimedvl.data.qc.review import ReviewStore, agreement_report, cohen_kappa, fleiss_kappa, make_server

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import small_sources, write_config
+from data_helpers import small_sources, write_config
 
 
 def _build(config: Path, out: Path) -> subprocess.Popen:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import SAMPLE_DATA, copy_images, write_config
+from data_helpers import SAMPLE_DATA, copy_images, write_config
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 from unimedvl.data.storage import iter_samples
 from unimedvl.errors import ConfigError

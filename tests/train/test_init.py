@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import write_recipe
+from train_helpers import write_recipe
 from unimedvl.assets import REFERENCE_TINY
 from unimedvl.train.config import ModelInit, TrainConfig
 from unimedvl.train.init import build_for_training

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, write_recipe
+from train_helpers import REPO, write_recipe
 from unimedvl.errors import ConfigError
 from unimedvl.train.config import TrainConfig
 from unimedvl.train.trainer import Trainer, lr_factor

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow.parquet as pq
-import yaml
 
 from unimedvl.data.qc.alignment import build_scorers
 from unimedvl.data.qc.coarse import CoarseLimits, check_sample
@@ -38,7 +37,7 @@ from unimedvl.data.sources.base import RecordError, SourceConfig, build_adapter
 from unimedvl.data.storage import candidate_schema, sha256_file, write_parquet_atomic
 from unimedvl.data.tasks import BuildContext, build_samples
 from unimedvl.errors import ConfigError
-from unimedvl.io_utils import atomic_write_text
+from unimedvl.io_utils import atomic_write_text, read_yaml_mapping
 
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -63,14 +62,7 @@ class BuildConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "BuildConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"build config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path.name} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path.name} must hold a mapping")
+        data = read_yaml_mapping(path, "build config")
         known = {"name", "sources", "splits", "seed", "deid_salt", "chunk_size", "shard_rows", "workers", "executor", "qc"}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -87,13 +87,10 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        from unimedvl.io_utils import read_yaml_mapping
+
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path.name} is not valid YAML: {exc}") from None
+        data = read_yaml_mapping(path, "recipe")
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")

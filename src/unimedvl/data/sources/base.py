@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
 from PIL import Image
 
 from unimedvl.data.schema import MODALITIES, ImageRef
@@ -82,14 +81,9 @@ class SourceConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> "SourceConfig":
-        if not path.is_file():
-            raise ConfigError(f"source file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path.name} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path.name} must hold a mapping")
+        from unimedvl.io_utils import read_yaml_mapping
+
+        data = read_yaml_mapping(path, "source file")
         config = cls.from_dict(data, path.parent, path.name)
         from unimedvl.data.schema import TASKS
 
