@@ -57,7 +57,7 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
               f"{c['pneumonia_accuracy_real_test']:.3f}.", "", "| requested modality | recognised |", "|---|---|"]
     lines += [f"| {m} | {r:.2f} |" for m, r in generation.per_modality.items()]
     lines += ["", f"Chest X-ray finding recognised: {generation.pneumonia}", "",
-              f"Held-out losses: {report['heldout']}"]
+              f"Held-out losses (test split, teacher-forced): {report['heldout']}"]
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     for index, (prompt, seed, image) in enumerate(generation.images):
         image.save(out / f"generated_{index:02d}.png")

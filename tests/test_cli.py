@@ -49,15 +49,24 @@ def test_ask_single_and_batch(tmp_path: Path, capsys, cxr_path: Path, mri_path: 
     assert "question is empty" in records[4]["error"]
 
 
-def test_generate_and_edit_write_images(tmp_path: Path, capsys, mri_path: Path) -> None:
+def test_generate_and_edit_write_images(tmp_path: Path, capsys, mri_path: Path, fixture_dir: Path) -> None:
     out = tmp_path / "gen.png"
     assert main(["generate", "A chest X-ray with pneumonia.", "-o", str(out), "--height", "32", "--width", "64",
-                 "--steps", "3"]) == 0
+                 "--steps", "3", "-c", str(fixture_dir)]) == 0
     assert Image.open(out).size == (64, 32)
     edited = tmp_path / "edit.png"
     assert main(["edit", str(mri_path), "Convert to FLAIR.", "-o", str(edited), "--steps", "3",
-                 "--cfg-interval", "0.0,1.0"]) == 0
-    assert Image.open(edited).size == (240, 240)
+                 "--cfg-interval", "0.0,1.0", "-c", str(fixture_dir)]) == 0
+    assert Image.open(edited).size == (240, 240)  # the reference's VAE rule keeps 240 px
+
+
+def test_default_model_is_unimedvl_tiny_at_its_training_size(tmp_path: Path, mri_path: Path) -> None:
+    from unimedvl.assets import UNIMEDVL_TINY, default_checkpoint
+
+    assert default_checkpoint() == UNIMEDVL_TINY and (UNIMEDVL_TINY / "MODEL_CARD.md").is_file()
+    out = tmp_path / "gen.png"
+    assert main(["generate", "A chest X-ray with pneumonia.", "-o", str(out), "--steps", "3"]) == 0
+    assert Image.open(out).size == (64, 64)  # image_config.json: trained at 64 px
 
 
 @pytest.mark.parametrize(

@@ -258,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unimedvl.reference_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="fixture folder (checkpoint + fixture.json + case_*.safetensors)")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        checks = FixtureRunner(args.folder).run()
+        with torch.no_grad():  # local: never switch autograd off for the caller's process
+            checks = FixtureRunner(args.folder).run()
     except UnimedvlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
