@@ -40,7 +40,7 @@ medically meaningful beyond the simple questions and prompts it was trained on.
 - LLM: 4 MoT layers, hidden 192, 4 heads / 2 KV heads, MLP 512, vocabulary 2,048 BPE + 14 specials
   (tokenizer trained on the corpus text); ViT: 3 layers, hidden 128, patch 14; VAE: FLUX layout,
   ch 32 x [1, 1, 2, 2], trained on the corpus images. Images are 28-64 px (image_config.json).
-- Reproduce (bit for bit on the same CPU and software, given ../shared/data):
+- Reproduce (every random draw is seeded; bit-for-bit equality of two full runs was not checked), given ../shared/data:
   `.venv/bin/python scripts/train_unimedvl_tiny.py --out outputs/unimedvl-tiny`
   then `scripts/evaluate_unimedvl_tiny.py` and `scripts/package_unimedvl_tiny.py`.
 
