@@ -108,9 +108,6 @@ class LLMConfig:
         values = _pick(data, cls._JSON_KEYS, source)
         if values.pop("_rope_scaling", None) is not None:
             raise ConfigError(f"{source}: rope_scaling is not supported by the reference model")
-        if data.get("tie_word_embeddings") is True:
-            # The reference loaders force False; say so rather than silently differ.
-            pass
         try:
             return cls(**values)
         except TypeError as exc:
