@@ -29,17 +29,12 @@ def main() -> None:
     args = parser.parse_args()
     from evaluate_unimedvl_tiny import evaluate
 
-    from unimedvl.eval.classifier import accuracy, collect, train_classifier
+    from unimedvl.eval.classifier import build_judge
     from unimedvl.train.config import TrainConfig
     from unimedvl.train.trainer import Trainer
 
     corpus, base = args.out / "corpus", args.out / "base"
-    train = collect(corpus, ("train",))
-    test = collect(corpus, ("val", "test"), per_modality=200)
-    modality_model, pneumonia_model = train_classifier(train)
-    classifier = (modality_model, pneumonia_model, {"modality_accuracy_real_test": accuracy(modality_model, test, "modality"),
-                                                    "pneumonia_accuracy_real_test": accuracy(pneumonia_model, test, "pneumonia"),
-                                                    "train_images": len(train), "test_images": len(test)})
+    classifier = build_judge(corpus)
     rows = {}
     for name, mix in VARIANTS.items():
         folder = args.out / "ablation" / name.replace(" ", "-")

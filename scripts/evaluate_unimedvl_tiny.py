@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, classifier=None) -> dict:  # noqa: ANN001
     from unimedvl.engine import UniMedVL
-    from unimedvl.eval.classifier import accuracy, collect, train_classifier
+    from unimedvl.eval.classifier import build_judge
     from unimedvl.eval.generation import evaluate_generation
     from unimedvl.eval.heldout import heldout_losses
     from unimedvl.eval.vqa import evaluate_vqa
@@ -34,12 +34,7 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
     report["vqa"] = vqa.per_type
     report["vqa_examples"] = vqa.examples
     if classifier is None:
-        train = collect(corpus, ("train",))
-        test = collect(corpus, ("val", "test"), per_modality=200)
-        modality_model, pneumonia_model = train_classifier(train, epochs=4 if quick else 8)
-        classifier = (modality_model, pneumonia_model, {"modality_accuracy_real_test": accuracy(modality_model, test, "modality"),
-                                                        "pneumonia_accuracy_real_test": accuracy(pneumonia_model, test, "pneumonia"),
-                                                        "train_images": len(train), "test_images": len(test)})
+        classifier = build_judge(corpus, epochs=4 if quick else 8)
     report["classifier"] = classifier[2]
     generation = evaluate_generation(engine, classifier[0], classifier[1], seeds=3 if quick else 6)
     report["generation"] = {"per_modality": generation.per_modality, "overall": generation.overall,

@@ -30,18 +30,9 @@ from unimedvl.images import (UNIMEDVL_GEN_VIT, UNIMEDVL_VAE, UNIMEDVL_VQA_VIT, I
 from unimedvl.loading import LoadedCheckpoint, load_checkpoint
 from unimedvl.model.kv_cache import KVCache
 from unimedvl.model.packing import unpatchify
+from unimedvl.prompts import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 from unimedvl.sampling import Branch, GuidanceOptions, StepRecord, sample_flow
 
-VLM_THINK_SYSTEM_PROMPT = (
-    "You should first think about the reasoning process in the mind and then provide the user with the answer.\n"
-    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
-    "answer here"
-)
-GEN_THINK_SYSTEM_PROMPT = (
-    "You should first think about the planning process in your mind, and then generate the image.\n"
-    "The planning process is enclosed within <think> </think> tags; that is, <think> planning process here </think> "
-    "image here.\n"
-)
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 ProgressFn = Callable[[int, int], None]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import yaml
 
 from unimedvl.assets import SAMPLE_CORPUS_CONFIG
-from unimedvl.data.pipeline import BuildConfig, build_corpus
 
 SAMPLE_DATA = SAMPLE_CORPUS_CONFIG.parent
 

@@ -9,8 +9,7 @@ from test_qc import FakeJudge, judge_url  # noqa: F401  (the local OpenAI-compat
 from unimedvl.assets import REFERENCE_TINY
 from unimedvl.cli import main
 from unimedvl.data.storage import iter_samples
-from unimedvl.data.transforms import (EndpointTeacher, LocalModelTeacher, VLM_THINK_SYSTEM_PROMPT, transform_corpus,
-                                      with_caption, with_reasoning)
+from unimedvl.data.transforms import (EndpointTeacher, LocalModelTeacher, VLM_THINK_SYSTEM_PROMPT, with_caption, with_reasoning)
 
 
 def test_label_teacher_corpus(sample_corpus, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unimedvl.assets import REFERENCE_TINY, SAMPLE_CORPUS_CONFIG
+from unimedvl.assets import SAMPLE_CORPUS_CONFIG
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from unimedvl.data.qc.alignment import build_scorers
 from unimedvl.data.qc.coarse import CoarseLimits, check_sample
 from unimedvl.data.qc.global_checks import GlobalQC
-from unimedvl.data.schema import SCHEMA_VERSION, TASKS, Sample, arrow_schema
+from unimedvl.data.schema import SCHEMA_VERSION, arrow_schema
 from unimedvl.data.sources.base import RecordError, SourceConfig, build_adapter
 from unimedvl.data.storage import candidate_schema, sha256_file, write_parquet_atomic
 from unimedvl.data.tasks import BuildContext, build_samples

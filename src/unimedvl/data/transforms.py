@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,12 +30,8 @@ from unimedvl.data.storage import iter_samples, sha256_file, write_parquet_atomi
 from unimedvl.data.tasks import MODALITY_NAMES
 from unimedvl.errors import ConfigError
 from unimedvl.io_utils import atomic_write_text
+from unimedvl.prompts import VLM_THINK_SYSTEM_PROMPT
 
-VLM_THINK_SYSTEM_PROMPT = (
-    "You should first think about the reasoning process in the mind and then provide the user with the answer.\n"
-    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
-    "answer here"
-)
 COT_SYSTEM = ("You are a senior radiologist and pathologist writing teaching material for a medical vision-language "
               "model. Given a question about one medical image and its correct answer, write the reasoning (2 to 4 "
               "sentences) that leads from what is visible in the image to that answer. Do not contradict the answer, do "

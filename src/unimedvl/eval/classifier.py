@@ -99,3 +99,14 @@ def accuracy(model: SmallCNN, data: list[Labelled], target: str) -> float:
 @torch.no_grad()
 def predict(model: SmallCNN, images: list[Image.Image]) -> list[int]:
     return model(torch.stack([image_tensor(i) for i in images])).argmax(-1).tolist()
+
+
+def build_judge(corpus, *, epochs: int = 8) -> tuple[SmallCNN, SmallCNN, dict]:  # noqa: ANN001
+    """Train both heads on the train split's real images; report their accuracy on the held-out ones."""
+    train = collect(corpus, ("train",))
+    held_out = collect(corpus, ("val", "test"), per_modality=200)
+    modality_model, pneumonia_model = train_classifier(train, epochs=epochs)
+    return modality_model, pneumonia_model, {
+        "modality_accuracy_real_test": accuracy(modality_model, held_out, "modality"),
+        "pneumonia_accuracy_real_test": accuracy(pneumonia_model, held_out, "pneumonia"),
+        "train_images": len(train), "test_images": len(held_out)}

@@ -92,7 +92,6 @@ class PackMaker:
 
     def make(self, step: int, pack_index: int) -> Pack:
         rng = random.Random(f"{self.seed}/{step}/{pack_index}")
-        special = self.tokenizer.special
         builder = PackBuilder()
         segments: list[Segment] = []
         ce_pos: list[int] = []

@@ -39,6 +39,21 @@ class ClassFolder(Adapter):
                            provenance={"path": ref})
 
 
+def _refs_in(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise RecordError(f"{folder}: folder not found")
+    return [str(p.relative_to(folder)) for p in list_images(folder)]
+
+
+def _partner(ref: str, folder: Path, what: str) -> Path:
+    """The file in `folder` with the same relative name as `ref`, any image suffix."""
+    stem = Path(ref).with_suffix("")
+    candidates = sorted(folder.glob(f"{stem}.*")) if (folder / stem.parent).is_dir() else []
+    if not candidates:
+        raise RecordError(f"{ref}: no {what} in {folder.name}/")
+    return candidates[0]
+
+
 @register("paired")
 class PairedFolders(Adapter):
     """`root/<a_dir>/<name>` paired with `root/<b_dir>/<name>` (same relative name, any image suffix).
@@ -48,20 +63,13 @@ class PairedFolders(Adapter):
     """
 
     def refs(self) -> list[str]:
-        a = self.config.path / self.config.options.get("a_dir", "A")
-        if not a.is_dir():
-            raise RecordError(f"{a}: folder not found")
-        return [str(p.relative_to(a)) for p in list_images(a)]
+        return _refs_in(self.config.path / self.config.options.get("a_dir", "A"))
 
     def load(self, ref: str) -> RawRecord:
         opts = self.config.options
-        b_dir = self.config.path / opts.get("b_dir", "B")
-        stem = Path(ref).with_suffix("")
-        candidates = sorted(b_dir.glob(f"{stem}.*")) if (b_dir / stem.parent).is_dir() else []
-        if not candidates:
-            raise RecordError(f"{ref}: no paired image in {b_dir.name}/")
+        target = _partner(ref, self.config.path / opts.get("b_dir", "B"), "paired image")
         a_image = read_image_file(self.config.path / opts.get("a_dir", "A") / ref)
-        return self.record(ref, images=[a_image], target=read_image_file(candidates[0]),
+        return self.record(ref, images=[a_image], target=read_image_file(target),
                            target_modality=opts.get("target_modality"), label=opts.get("finding"),
                            provenance={"path": ref, "pair": opts.get("task", "virtual_staining")})
 
@@ -71,18 +79,11 @@ class ImageMaskFolders(Adapter):
     """`root/<images_dir>/<name>` with a binary mask `root/<masks_dir>/<name>`; options: structure (what is segmented)."""
 
     def refs(self) -> list[str]:
-        images = self.config.path / self.config.options.get("images_dir", "images")
-        if not images.is_dir():
-            raise RecordError(f"{images}: folder not found")
-        return [str(p.relative_to(images)) for p in list_images(images)]
+        return _refs_in(self.config.path / self.config.options.get("images_dir", "images"))
 
     def load(self, ref: str) -> RawRecord:
         opts = self.config.options
-        masks = self.config.path / opts.get("masks_dir", "masks")
-        stem = Path(ref).with_suffix("")
-        candidates = sorted(masks.glob(f"{stem}.*"))
-        if not candidates:
-            raise RecordError(f"{ref}: no mask in {masks.name}/")
+        mask = _partner(ref, self.config.path / opts.get("masks_dir", "masks"), "mask")
         return self.record(ref, images=[read_image_file(self.config.path / opts.get("images_dir", "images") / ref)],
-                           mask=read_image_file(candidates[0]), mask_label=opts.get("structure", "lesion"),
+                           mask=read_image_file(mask), mask_label=opts.get("structure", "lesion"),
                            provenance={"path": ref})

@@ -9,7 +9,6 @@ and provenance keeps only a whitelist of technical tags.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
