@@ -49,7 +49,8 @@ def main() -> None:
             trainer.export(export)
             trainer.close()
         rows[name] = evaluate(export, corpus, folder / "eval", quick=True, classifier=classifier)
-    lines = [f"Equal steps ({args.steps} x 2 packs of 384 tokens), same initialisation, held-out = val + test splits.", "",
+    lines = [f"Equal steps ({args.steps} x 2 packs of 384 tokens), same initialisation, held-out = val + test splits "
+             "(at most 10 questions per type and modality).", "",
              "| training | VQA modality acc | VQA finding acc | VQA yes/no acc | generated images recognised (modality) "
              "| held-out CE / token | held-out MSE / token |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -58,7 +59,9 @@ def main() -> None:
         lines.append(f"| {name} | {acc('modality')} | {acc('finding')} | {acc('yesno')} | {r['generation']['overall']:.3f} "
                      f"| {r['heldout'].get('ce_per_token', float('nan')):.3f} | {r['heldout'].get('mse_per_token', float('nan')):.3f} |")
     first = next(iter(rows.values()))["vqa"]
-    lines += ["", "Majority-class baselines: " + ", ".join(f"{k} {v['baseline']:.3f}" for k, v in sorted(first.items()))]
+    lines += ["", "Baselines on the same questions (majority / majority given modality): "
+              + ", ".join(f"{k} {v['baseline']:.3f}" + ("" if k == "modality" else f" / {v['baseline_given_modality']:.3f}")
+                         for k, v in sorted(first.items()))]
     (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
     (args.out / "ablation.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print("\n".join(lines))

@@ -30,8 +30,9 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
     engine = UniMedVL.from_pretrained(model_dir)
     report: dict = {"model": str(model_dir), "corpus": str(corpus)}
     start = time.perf_counter()
-    vqa = evaluate_vqa(engine, corpus, limit_per_type=40 if quick else 200)
+    vqa = evaluate_vqa(engine, corpus, per_modality=10 if quick else 25)
     report["vqa"] = vqa.per_type
+    report["vqa_by_modality"] = vqa.per_type_and_modality
     report["vqa_examples"] = vqa.examples
     if classifier is None:
         classifier = build_judge(corpus, epochs=4 if quick else 8)
@@ -43,13 +44,19 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
     report["seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Evaluation of {model_dir.name}", "", "Held-out = the val and test splits of the corpus (MedMNIST keeps its official val split).", ""]
-    lines += ["## VQA on the held-out split", ""] + vqa.table() + [""]
+    lines = [f"# Evaluation of {model_dir.name}", "",
+             "Held-out = the val and test splits of the corpus (MedMNIST keeps its official val split), "
+             f"at most {10 if quick else 25} questions per question type and modality.", ""]
+    lines += ["## VQA on the held-out split", ""] + vqa.table() + ["", "Per modality:", ""] + vqa.modality_table() + [""]
     c = report["classifier"]
     lines += ["## Generated images, judged by an independent classifier", "",
               f"Classifier (small CNN trained on {c['train_images']} real train images): modality accuracy on "
-              f"{c['test_images']} real held-out images {c['modality_accuracy_real_test']:.3f}, pneumonia accuracy "
-              f"{c['pneumonia_accuracy_real_test']:.3f}.", "", "| requested modality | recognised |", "|---|---|"]
+              f"{c['test_images']} real held-out images {c['modality_accuracy_real_test']:.3f} (balanced "
+              f"{c['modality_balanced_accuracy_real_test']:.3f}; balanced on the same images blurred with sigma 1.5 px "
+              f"{c['modality_balanced_accuracy_real_test_blurred']:.3f}); pneumonia head ({c['pneumonia_train_images']} train "
+              f"chest X-rays) accuracy {c['pneumonia_accuracy_real_test']:.3f} (balanced "
+              f"{c['pneumonia_balanced_accuracy_real_test']:.3f}) on {c['pneumonia_test_images']} held-out ones.", "",
+              "| requested modality | recognised |", "|---|---|"]
     lines += [f"| {m} | {r:.2f} |" for m, r in generation.per_modality.items()]
     lines += ["", f"Chest X-ray finding recognised: {generation.pneumonia}", "",
               f"Held-out losses (test split, teacher-forced): {report['heldout']}"]

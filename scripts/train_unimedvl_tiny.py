@@ -1,6 +1,6 @@
 """Reproduce UniMedVL-tiny from the shared data folder, end to end, on a CPU.
 
-    .venv/bin/python scripts/train_unimedvl_tiny.py --out outputs/unimedvl-tiny [--scale 1.0]
+    .venv/bin/python scripts/train_unimedvl_tiny.py --out outputs/unimedvl-tiny [--scale 1.0] [--check]
 
 1. corpus: `recipes/unimedvl-tiny/corpus.yaml` (every research-use set of ../shared/data, 8 modalities);
 2. tokenizer: byte-level BPE trained on the corpus text (Qwen layout, 2048 entries + 14 specials);
@@ -10,12 +10,16 @@
 5. the stage-3 export is the model (`OUT/model`), in the released layout.
 
 Every random draw is seeded; `--scale` multiplies the step counts (1.0 = the shipped model).
+`--check` compares the result, file by file, with the shipped model's SHA256SUMS (exit 1 on a mismatch).
+OUT/run.json records the wall time of each phase, the thread count and the library versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -35,12 +39,40 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+SHIPPED = REPO / "src" / "unimedvl" / "assets" / "unimedvl-tiny"
+
+
+def check_against_shipped(model: Path) -> bool:
+    """Compare OUT/model with the shipped files' hashes; print one line per file."""
+    sums = SHIPPED / "SHA256SUMS"
+    if not sums.is_file():
+        log(f"--check: {sums} does not exist; nothing to compare with")
+        return False
+    same = True
+    for line in sums.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        ours = hashlib.sha256((model / name).read_bytes()).hexdigest() if (model / name).is_file() else "missing"
+        same &= ours == digest
+        log(f"--check: {name}: {'identical' if ours == digest else 'DIFFERS'}")
+    return same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "unimedvl-tiny")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (smoke runs: 0.01)")
     parser.add_argument("--vae-steps", type=int, default=700)
+    parser.add_argument("--corpus-config", type=Path, default=REPO / "recipes/unimedvl-tiny/corpus.yaml",
+                        help="the corpus build recipe (default: every research-use set of ../shared/data)")
+    parser.add_argument("--check", action="store_true", help="compare the result with the shipped model, bit for bit")
     args = parser.parse_args()
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def timed(name: str, since: float) -> float:
+        now = time.perf_counter()
+        phases[name] = round(now - since, 1)
+        return now
 
     import torch
 
@@ -55,9 +87,10 @@ def main() -> None:
 
     out = args.out
     corpus = out / "corpus"
+    mark = time.perf_counter()
     if not (corpus / "manifest.json").is_file():
         log("building the corpus")
-        build_corpus(BuildConfig.from_yaml(REPO / "recipes/unimedvl-tiny/corpus.yaml"), corpus)
+        build_corpus(BuildConfig.from_yaml(args.corpus_config), corpus)
     base = out / "base"
     if not (base / "tokenizer.json").is_file():
         log("training the tokenizer")
@@ -72,6 +105,7 @@ def main() -> None:
     if not (stage2_corpus / "manifest.json").is_file():
         log("stage-2 corpus: label-made chain-of-thought and captions")
         transform_corpus(corpus, stage2_corpus, LabelTeacher(), fraction=0.25)
+    mark = timed("data, tokenizer and VAE", mark)
     previous = None
     for name, data in (("stage1-foundation", corpus), ("stage2-instruction", stage2_corpus), ("stage3-unified", corpus)):
         export = out / name / "export"
@@ -94,12 +128,19 @@ def main() -> None:
         trainer.export(export)
         trainer.close()
         previous = export
+        mark = timed(name, mark)
     final = out / "model"
     if previous and not (final / "ema.safetensors").is_file():
         import shutil
 
         shutil.copytree(previous, final, dirs_exist_ok=True)
-    log(f"done: {final}")
+    run = {"seconds": round(time.perf_counter() - started, 1), "phases": phases, "threads": torch.get_num_threads(),
+           "scale": args.scale, "torch": torch.__version__, "python": platform.python_version(),
+           "machine": platform.machine()}
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    log(f"done: {final} ({run['seconds'] / 60:.1f} min)")
+    if args.check and not check_against_shipped(final):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

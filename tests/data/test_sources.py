@@ -188,3 +188,29 @@ def test_image_report_tables_in_the_iu_xray_layout(tmp_path: Path) -> None:
     t2i = [s for s in iter_samples(out) if s.task == "text_to_image"]
     assert any("Cardiomegaly." in s.texts()[0] for s in t2i) and not any(s.template_made for s in t2i)
     assert manifest["sources"]["iu"]["errors"] == 1  # the empty report (lateral views are not used)
+
+
+def test_a_source_wide_label_gives_paired_and_mask_sets_captions_and_prompts(tmp_path: Path) -> None:
+    """`options.label` labels every record of a source that has no per-record label (Kvasir, BCI)."""
+    pairs, seg, plain = tmp_path / "pairs", tmp_path / "seg", tmp_path / "plain"
+    for folder in (pairs / "HE", pairs / "IHC", seg / "images", seg / "masks"):
+        copy_images(folder, CT)
+    for folder in (plain / "images", plain / "masks"):
+        copy_images(folder, CXR)
+    out, _ = _build(tmp_path, [
+        {"name": "stain", "adapter": "paired", "path": "pairs", "modality": "histopathology", "licence": "x",
+         "tasks": ["caption", "text_to_image", "virtual_staining"],
+         "options": {"a_dir": "HE", "b_dir": "IHC", "label": "H&E-stained breast tissue"}},
+        {"name": "seg", "adapter": "segmentation", "path": "seg", "modality": "endoscopy", "licence": "x",
+         "tasks": ["caption", "text_to_image", "segmentation"], "options": {"structure": "polyp", "label": "a polyp"}},
+        {"name": "plain", "adapter": "segmentation", "path": "plain", "modality": "endoscopy", "licence": "x",
+         "tasks": ["caption", "text_to_image", "segmentation"]},
+    ], splits={"train": 1.0}, qc={"stage2": {"thresholds": {"default": 0.0}}})
+    tasks: dict[str, set[str]] = {}
+    for sample in iter_samples(out):
+        tasks.setdefault(sample.source, set()).add(sample.task)
+        if sample.task == "text_to_image":
+            assert ("H&E-stained breast tissue" if sample.source == "stain" else "a polyp") in sample.texts()[0]
+    assert tasks["stain"] == {"caption", "text_to_image", "virtual_staining"}
+    assert tasks["seg"] == {"caption", "text_to_image", "segmentation"}
+    assert tasks["plain"] == {"segmentation"}  # without a label there is nothing to caption

@@ -38,3 +38,4 @@ def test_vae_learns_to_reconstruct(train_corpus: Path, tmp_path: Path) -> None:
         vae = AutoEncoder(saved)
     report = load_safetensors_into(vae, [tmp_path / "ae.safetensors"], dtype=torch.float32, device=torch.device("cpu"))
     assert report.ok and report.loaded == len(vae.state_dict())
+

@@ -42,8 +42,13 @@ class DataConfig:
     text_dropout: float = 0.1
     vit_dropout: float = 0.3
     vae_dropout: float = 0.3
+    # Draw weight of each source within a family = (its sample count) ** source_balance:
+    # 1.0 = every sample equally often, 0.0 = every source equally often.
+    source_balance: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.source_balance <= 1.0:
+            raise ConfigError(f"data.source_balance must lie in [0, 1], got {self.source_balance}")
         unknown = set(self.mix) - set(FAMILIES)
         if unknown:
             raise ConfigError(f"data.mix: unknown families {sorted(unknown)}; use {list(FAMILIES)}")

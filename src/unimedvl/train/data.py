@@ -59,17 +59,32 @@ class Pack:
 
 
 class CorpusIndex:
-    """The samples of one split, grouped by task family (kept in memory: sized for small corpora)."""
+    """The samples of one split, grouped by task family and, within a family, by source.
+
+    Kept in memory: sized for small corpora. Sources are kept apart so that a stage can temper
+    their sizes (`DataConfig.source_balance`): one large set must not drown the small ones.
+    """
 
     def __init__(self, corpus: str | Path, split: str = "train") -> None:
         root = Path(corpus)
         if not (root / "manifest.json").is_file():
             raise ConfigError(f"{root} is not a built corpus (no manifest.json); run `unimedvl data build` first")
         self.by_family: dict[str, list[Sample]] = {f: [] for f in FAMILIES}
+        self.by_source: dict[str, dict[str, list[Sample]]] = {f: {} for f in FAMILIES}
         for sample in iter_samples(root, split):
             self.by_family[sample.family].append(sample)
+            self.by_source[sample.family].setdefault(sample.source, []).append(sample)
         if not any(self.by_family.values()):
             raise ConfigError(f"{root} has no samples in split {split!r}")
+
+    def source_weights(self, family: str, balance: float) -> tuple[list[str], list[float]]:
+        """Sources of a family (sorted, for a stable stream) and their draw weights, size ** balance.
+
+        balance 1.0 draws every sample equally often (sources in proportion to their size);
+        0.0 draws every source equally often; values between temper the large sources.
+        """
+        names = sorted(self.by_source[family])
+        return names, [len(self.by_source[family][n]) ** balance for n in names]
 
     def families(self, mix: dict[str, float]) -> tuple[list[str], list[float]]:
         names = [f for f in FAMILIES if mix.get(f, 0) > 0 and self.by_family[f]]
@@ -86,6 +101,7 @@ class PackMaker:
         self.vit_rule = ResizeRule(config.vit_max, config.vit_min, vit_patch)
         self.ds, self.patch = latent_downsample, vit_patch
         self.families, self.weights = index.families(config.mix)
+        self.sources = {f: index.source_weights(f, config.source_balance) for f in self.families}
 
     def _image(self, data: bytes) -> Image.Image:
         return load_image(Image.open(io.BytesIO(data)))
@@ -103,7 +119,8 @@ class PackMaker:
         while cursor < self.config.tokens_per_pack and attempts < 50:
             attempts += 1
             family = rng.choices(self.families, self.weights)[0]
-            pool = self.index.by_family[family]
+            names, weights = self.sources[family]
+            pool = self.index.by_source[family][rng.choices(names, weights)[0]]
             sample = pool[rng.randrange(len(pool))]
             planned = self._plan(sample, rng)
             size = sum(n for _, n, _ in planned)

@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,9 @@ class Trainer:
         if self.rank == 0 and tmp.exists():
             shutil.rmtree(tmp)
         self._barrier()
-        dcp.save(self._state(), checkpoint_id=str(tmp))
+        with warnings.catch_warnings():  # a single process without a process group is intended here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(self._state(), checkpoint_id=str(tmp))
         self._barrier()
         if self.rank == 0:
             atomic_write_text(tmp / "trainer.json", json.dumps({"step": self.step, "stage": self.config.stage}))
@@ -137,7 +140,9 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = self._state()
-        dcp.load(state, checkpoint_id=str(path))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.step = json.loads((path / "trainer.json").read_text())["step"]
 

@@ -74,7 +74,7 @@ def train_vae(images: list[bytes], out: str | Path, *, config: VAEConfig, steps:
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         optimizer.step()
-        losses.append(float(l1))
+        losses.append(float(l1.detach()))
         if log_every and (step + 1) % log_every == 0:
             print(f"[vae] step {step + 1}/{steps} l1 {float(l1):.4f} kl {float(kl):.3f}", file=sys.stderr, flush=True)
     with torch.no_grad():  # latent statistics -> scale / shift, as FLUX's constants

@@ -110,6 +110,8 @@ class Adapter:
         modality = fields.pop("modality", None) or self.config.modality
         if modality is None:
             raise RecordError(f"{self.config.name}/{key}: no modality (set `modality` in the source YAML)")
+        if fields.get("label") is None and self.config.options.get("label"):
+            fields["label"] = str(self.config.options["label"])  # one label for the whole source
         return RawRecord(source=self.config.name, key=key, modality=modality, licence=self.config.licence,
                          group=fields.pop("group", None) or key, **fields)
 
