@@ -69,13 +69,16 @@ class CorpusIndex:
         root = Path(corpus)
         if not (root / "manifest.json").is_file():
             raise ConfigError(f"{root} is not a built corpus (no manifest.json); run `unimedvl data build` first")
-        self.by_family: dict[str, list[Sample]] = {f: [] for f in FAMILIES}
         self.by_source: dict[str, dict[str, list[Sample]]] = {f: {} for f in FAMILIES}
         for sample in iter_samples(root, split):
-            self.by_family[sample.family].append(sample)
             self.by_source[sample.family].setdefault(sample.source, []).append(sample)
-        if not any(self.by_family.values()):
+        if not any(self.by_source.values()):
             raise ConfigError(f"{root} has no samples in split {split!r}")
+
+    @property
+    def by_family(self) -> dict[str, list[Sample]]:
+        """All samples of each family (sources concatenated)."""
+        return {f: [s for rows in self.by_source[f].values() for s in rows] for f in FAMILIES}
 
     def source_weights(self, family: str, balance: float) -> tuple[list[str], list[float]]:
         """Sources of a family (sorted, for a stable stream) and their draw weights, size ** balance.
@@ -87,7 +90,7 @@ class CorpusIndex:
         return names, [len(self.by_source[family][n]) ** balance for n in names]
 
     def families(self, mix: dict[str, float]) -> tuple[list[str], list[float]]:
-        names = [f for f in FAMILIES if mix.get(f, 0) > 0 and self.by_family[f]]
+        names = [f for f in FAMILIES if mix.get(f, 0) > 0 and self.by_source[f]]
         if not names:
             raise ConfigError(f"none of the mixed families {sorted(mix)} has samples in this corpus")
         return names, [mix[f] for f in names]

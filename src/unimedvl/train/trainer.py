@@ -15,6 +15,7 @@ resumed run continues exactly, on any world size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,14 @@ from unimedvl.train.init import build_for_training
 from unimedvl.train.objective import pack_losses
 
 CHECKPOINT_PREFIX = "step_"
+
+
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """Silence DCP's warning for a run without a process group: one process is intended there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -117,8 +126,7 @@ class Trainer:
         if self.rank == 0 and tmp.exists():
             shutil.rmtree(tmp)
         self._barrier()
-        with warnings.catch_warnings():  # a single process without a process group is intended here
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        with _single_process_ok():
             dcp.save(self._state(), checkpoint_id=str(tmp))
         self._barrier()
         if self.rank == 0:
@@ -140,8 +148,7 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = self._state()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        with _single_process_ok():
             dcp.load(state, checkpoint_id=str(path))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.step = json.loads((path / "trainer.json").read_text())["step"]
