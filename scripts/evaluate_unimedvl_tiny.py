@@ -24,6 +24,7 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
     from unimedvl.eval.classifier import build_judge
     from unimedvl.eval.generation import evaluate_generation
     from unimedvl.eval.heldout import heldout_losses
+    from unimedvl.eval.reconstruction import held_out_images, reconstruction_by_modality
     from unimedvl.eval.vqa import evaluate_vqa
     from unimedvl.train.config import DataConfig
 
@@ -39,7 +40,9 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
     report["classifier"] = classifier[2]
     generation = evaluate_generation(engine, classifier[0], classifier[1], seeds=3 if quick else 6)
     report["generation"] = {"per_modality": generation.per_modality, "overall": generation.overall,
-                            "pneumonia": generation.pneumonia}
+                            "pneumonia": generation.pneumonia, "predicted": generation.predicted}
+    recon = reconstruction_by_modality(engine.vae, held_out_images(corpus, per_modality=32, size=64))
+    report["vae_reconstruction"] = {m: vars(r) for m, r in recon.items()}
     report["heldout"] = heldout_losses(engine, str(corpus), data=DataConfig(tokens_per_pack=384, max_tokens_per_sample=384))
     report["seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,9 +59,14 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
               f"{c['modality_balanced_accuracy_real_test_blurred']:.3f}); pneumonia head ({c['pneumonia_train_images']} train "
               f"chest X-rays) accuracy {c['pneumonia_accuracy_real_test']:.3f} (balanced "
               f"{c['pneumonia_balanced_accuracy_real_test']:.3f}) on {c['pneumonia_test_images']} held-out ones.", "",
-              "| requested modality | recognised |", "|---|---|"]
-    lines += [f"| {m} | {r:.2f} |" for m, r in generation.per_modality.items()]
+              "| requested modality | recognised | judged as |", "|---|---|---|"]
+    lines += [f"| {m} | {r:.2f} | {', '.join(f'{k} {v}' for k, v in generation.predicted[m].items())} |"
+              for m, r in generation.per_modality.items()]
     lines += ["", f"Chest X-ray finding recognised: {generation.pneumonia}", "",
+              "## VAE reconstruction of held-out images (64 px)", "",
+              "| modality | images | L1 | colourfulness in | colourfulness out |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | {r.images} | {r.l1:.3f} | {r.colour_in:.3f} | {r.colour_out:.3f} |" for m, r in recon.items()]
+    lines += ["",
               f"Held-out losses (test split, teacher-forced): {report['heldout']}"]
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     for index, (prompt, seed, image) in enumerate(generation.images):

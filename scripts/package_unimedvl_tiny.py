@@ -38,6 +38,8 @@ def main() -> None:
     minutes = f"{run['seconds'] / 60:.0f} minutes on {run['threads']} CPU threads" if run else "about an hour"
     sources = "\n".join(f"| {name} | {s['licence']} | {s['records']} |" for name, s in manifest["sources"].items())
     reproduced = args.reproduced
+    vae_training = (f"{run['vae_steps']:,} steps on batches of 16 corpus images, each source drawn with weight size ** {run['vae_balance']}"
+                    + (" (every source equally often)" if run["vae_balance"] == 0 else "") if "vae_steps" in run else "an unrecorded number of steps on the corpus images")
     card = f"""# UniMedVL-tiny
 
 A small unified medical model (understanding and generation in one Qwen2-MoT + SigLIP + FLUX-style VAE
@@ -48,7 +50,7 @@ medically meaningful beyond the simple questions and prompts it was trained on.
 
 - LLM: 4 MoT layers, hidden 192, 4 heads / 2 KV heads, MLP 512, vocabulary 2,048 BPE + 14 specials
   (tokenizer trained on the corpus text); ViT: 3 layers, hidden 128, patch 14; VAE: FLUX layout,
-  ch 32 x [1, 1, 2, 2], trained on the corpus images. Images: 56 px for the ViT, 64 px for the VAE
+  ch 32 x [1, 1, 2, 2], trained for {vae_training}. Images: 56 px for the ViT, 64 px for the VAE
   (image_config.json).
 - Reproduce, given ../shared/data (every random draw is seeded; `SHA256SUMS` holds the shipped files' hashes
   and `--check` compares a rerun with them, file by file):

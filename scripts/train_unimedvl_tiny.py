@@ -4,7 +4,7 @@
 
 1. corpus: `recipes/unimedvl-tiny/corpus.yaml` (every research-use set of ../shared/data, 8 modalities);
 2. tokenizer: byte-level BPE trained on the corpus text (Qwen layout, 2048 entries + 14 specials);
-3. VAE: the FLUX architecture at tiny width, trained on the corpus images;
+3. VAE: the FLUX architecture at tiny width, trained on the corpus images (every source drawn equally often);
 4. model: the tiny architecture below, random init, then the three curriculum stages
    (stage 2 on the corpus with label-made chain-of-thought and captions), each exported;
 5. the stage-3 export is the model (`OUT/model`), in the released layout.
@@ -34,6 +34,10 @@ TINY = {
     "vae": {"ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1},
 }
 
+# The corpus is ~95% grey X-ray and ultrasound images: a VAE trained on images as they come paints
+# fundus photographs, endoscopy and H&E slides grey (measured), so its batches draw sources evenly.
+VAE_STEPS, VAE_BALANCE = 1500, 0.0
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -61,7 +65,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "unimedvl-tiny")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (smoke runs: 0.01)")
-    parser.add_argument("--vae-steps", type=int, default=700)
+    parser.add_argument("--vae-steps", type=int, default=VAE_STEPS)
+    parser.add_argument("--vae-balance", type=float, default=VAE_BALANCE,
+                        help="VAE batches draw each source with weight size ** this (0 = every source equally often)")
     parser.add_argument("--corpus-config", type=Path, default=REPO / "recipes/unimedvl-tiny/corpus.yaml",
                         help="the corpus build recipe (default: every research-use set of ../shared/data)")
     parser.add_argument("--check", action="store_true", help="compare the result with the shipped model, bit for bit")
@@ -98,7 +104,8 @@ def main() -> None:
     if not (base / "ae.safetensors").is_file():
         log("training the VAE")
         train_vae(corpus_images(corpus), base, config=VAEConfig(**{**TINY["vae"], "ch_mult": tuple(TINY["vae"]["ch_mult"])}),
-                  steps=max(10, int(args.vae_steps * args.scale)), batch=16, size=64, lr=1e-3)
+                  steps=max(10, int(args.vae_steps * args.scale)), batch=16, size=64, lr=1e-3,
+                  source_balance=args.vae_balance)
     vae_config = VAEConfig.from_json_dict(json.loads((base / "vae_config.json").read_text()))
     UnifiedConfig(llm=LLMConfig(**TINY["llm"]), vit=ViTConfig(**TINY["vit"]), vae=vae_config).save_to_dir(base)
     stage2_corpus = out / "corpus-stage2"
@@ -135,8 +142,8 @@ def main() -> None:
 
         shutil.copytree(previous, final, dirs_exist_ok=True)
     run = {"seconds": round(time.perf_counter() - started, 1), "phases": phases, "threads": torch.get_num_threads(),
-           "scale": args.scale, "torch": torch.__version__, "python": platform.python_version(),
-           "machine": platform.machine()}
+           "scale": args.scale, "vae_steps": args.vae_steps, "vae_balance": args.vae_balance,
+           "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     log(f"done: {final} ({run['seconds'] / 60:.1f} min)")
     if args.check and not check_against_shipped(final):

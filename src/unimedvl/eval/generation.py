@@ -7,6 +7,7 @@ results are compared with the request.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from unimedvl.data.schema import MODALITIES
@@ -29,6 +30,7 @@ PROMPTS = {
 class GenerationResult:
     per_modality: dict[str, float] = field(default_factory=dict)
     pneumonia: dict[str, float] = field(default_factory=dict)
+    predicted: dict[str, dict[str, int]] = field(default_factory=dict)  # requested -> what the judge saw, counted
     images: list = field(default_factory=list)  # (prompt, seed, PIL image) for the report
 
     @property
@@ -50,6 +52,7 @@ def evaluate_generation(engine, modality_model: SmallCNN, pneumonia_model: Small
                     result.images.append((prompt, seed, image))
         predictions = predict(modality_model, [g[1] for g in generated])
         result.per_modality[modality] = sum(p == MODALITIES.index(modality) for p in predictions) / len(predictions)
+        result.predicted[modality] = dict(Counter(MODALITIES[p] for p in predictions).most_common())
         if modality == "chest_xray":
             findings = predict(pneumonia_model, [g[1] for g in generated])
             wanted = [1 if "no pneumonia" not in g[0] else 0 for g in generated]

@@ -1,8 +1,10 @@
 """Train a small FLUX-architecture autoencoder on a corpus's images (for a model without FLUX weights).
 
 Loss: L1 reconstruction + beta * KL(posterior || N(0, 1)) on images resized to `size` px, batches
-drawn by a generator seeded per step (deterministic). Afterwards the latent statistics are measured
-on the training images and stored as `scale_factor = 1 / std` and `shift_factor = mean`, the role
+drawn by a generator seeded per step (deterministic). Images come grouped by source and each draw
+picks a source with weight size ** `source_balance` (as the model's pack stream does): a corpus that
+is 95% grey X-rays otherwise teaches the decoder to paint every image grey. Afterwards the latent
+statistics are measured on the training images and stored as `scale_factor = 1 / std` and `shift_factor = mean`, the role
 FLUX's 0.3611 / 0.1159 play, so latents enter the flow model with unit scale.
 Writes `ae.safetensors` and `vae_config.json` (read by the loader).
 """
@@ -28,39 +30,79 @@ from unimedvl.io_utils import atomic_write_text
 from unimedvl.model.vae import AutoEncoder
 
 
-def corpus_images(corpus: str | Path, split: str = "train", limit: int | None = None) -> list[bytes]:
-    seen, out = set(), []
+def corpus_images(corpus: str | Path, split: str = "train", limit: int | None = None) -> dict[str, list[bytes]]:
+    """The distinct images of a corpus split, grouped by source (sources in sorted order)."""
+    seen, out, count = set(), {}, 0
     for sample in iter_samples(corpus, split):
         for ref in sample.images():
             if ref.sha256 not in seen:
                 seen.add(ref.sha256)
-                out.append(ref.data)
-                if limit and len(out) >= limit:
-                    return out
-    return out
+                out.setdefault(sample.source, []).append(ref.data)
+                count += 1
+                if limit and count >= limit:
+                    return dict(sorted(out.items()))
+    return dict(sorted(out.items()))
 
 
-def _batch(images: list[bytes], size: int, batch: int, rng: random.Random) -> torch.Tensor:
+class ImageSampler:
+    """Draws one image: a source with weight size ** balance, then an image of it, uniformly.
+
+    Each image is decoded once and kept at `keep_side` px on its short side (fundus photographs and
+    endoscopy frames are megapixels; decoding them on every draw made the VAE step I/O-bound); at most
+    `max_cached` decoded images are kept, the oldest dropped first, so memory stays bounded.
+    """
+
+    def __init__(self, images: dict[str, list[bytes]] | list[bytes], balance: float = 1.0, *, keep_side: int = 128,
+                 max_cached: int = 50_000) -> None:
+        if not 0.0 <= balance <= 1.0:
+            raise ValueError(f"source_balance must lie in [0, 1], got {balance}")
+        groups = images if isinstance(images, dict) else {"all": list(images)}
+        self.groups = [g for _, g in sorted(groups.items()) if g]
+        if not self.groups:
+            raise ValueError("no images to train the VAE on")
+        self.weights = [len(g) ** balance for g in self.groups]
+        self.keep_side, self.max_cached = keep_side, max_cached
+        self._decoded: dict[tuple[int, int], Image.Image] = {}
+
+    def share(self) -> list[float]:
+        total = sum(self.weights)
+        return [w / total for w in self.weights]
+
+    def draw(self, rng: random.Random) -> Image.Image:
+        g = rng.choices(range(len(self.groups)), weights=self.weights)[0] if len(self.groups) > 1 else 0
+        i = rng.randrange(len(self.groups[g]))
+        if (g, i) not in self._decoded:
+            image = load_image(Image.open(io.BytesIO(self.groups[g][i])))
+            if min(image.size) > self.keep_side:
+                ratio = self.keep_side / min(image.size)
+                image = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))), Image.BICUBIC)
+            if len(self._decoded) >= self.max_cached:
+                del self._decoded[next(iter(self._decoded))]
+            self._decoded[(g, i)] = image
+        return self._decoded[(g, i)]
+
+
+def _batch(sampler: ImageSampler, size: int, batch: int, rng: random.Random) -> torch.Tensor:
     pixels = []
     for _ in range(batch):
-        image = load_image(Image.open(io.BytesIO(images[rng.randrange(len(images))])))
+        image = sampler.draw(rng)
         side = min(image.size)
         left, top = rng.randint(0, image.width - side), rng.randint(0, image.height - side)
         pixels.append(to_tensor(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
     return torch.stack(pixels)
 
 
-def train_vae(images: list[bytes], out: str | Path, *, config: VAEConfig, steps: int = 500, batch: int = 16,
-              size: int = 64, lr: float = 1e-3, beta: float = 1e-4, seed: int = 0, log_every: int = 50) -> list[float]:
-    if not images:
-        raise ValueError("no images to train the VAE on")
+def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, config: VAEConfig, steps: int = 500,
+              batch: int = 16, size: int = 64, lr: float = 1e-3, beta: float = 1e-4, seed: int = 0,
+              source_balance: float = 1.0, log_every: int = 50) -> list[float]:
+    sampler = ImageSampler(images, source_balance, keep_side=2 * size)
     torch.manual_seed(seed)
     model = AutoEncoder(replace(config, scale_factor=1.0, shift_factor=0.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
         rng = random.Random(f"{seed}/{step}")
-        x = _batch(images, size, batch, rng)
+        x = _batch(sampler, size, batch, rng)
         mean, logvar = model.moments(x).chunk(2, dim=1)
         logvar = logvar.clamp(-30, 20)
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
@@ -76,9 +118,9 @@ def train_vae(images: list[bytes], out: str | Path, *, config: VAEConfig, steps:
         optimizer.step()
         losses.append(float(l1.detach()))
         if log_every and (step + 1) % log_every == 0:
-            print(f"[vae] step {step + 1}/{steps} l1 {float(l1):.4f} kl {float(kl):.3f}", file=sys.stderr, flush=True)
+            print(f"[vae] step {step + 1}/{steps} l1 {losses[-1]:.4f} kl {float(kl.detach()):.3f}", file=sys.stderr, flush=True)
     with torch.no_grad():  # latent statistics -> scale / shift, as FLUX's constants
-        x = _batch(images, size, 64, random.Random(f"{seed}/stats"))
+        x = _batch(sampler, size, 64, random.Random(f"{seed}/stats"))
         mean = model.moments(x).chunk(2, dim=1)[0]
         final = replace(config, shift_factor=round(float(mean.mean()), 4), scale_factor=round(1.0 / float(mean.std()), 4))
     out = Path(out)
