@@ -38,8 +38,10 @@ def main() -> None:
     minutes = f"{run['seconds'] / 60:.0f} minutes on {run['threads']} CPU threads" if run else "about an hour"
     sources = "\n".join(f"| {name} | {s['licence']} | {s['records']} |" for name, s in manifest["sources"].items())
     reproduced = args.reproduced
-    vae_training = (f"{run['vae_steps']:,} steps on batches of 16 corpus images, each source drawn with weight size ** {run['vae_balance']}"
-                    + (" (every source equally often)" if run["vae_balance"] == 0 else "") if "vae_steps" in run else "an unrecorded number of steps on the corpus images")
+    vae_training = "an unrecorded number of steps on the corpus images"
+    if "vae_steps" in run:
+        vae_training = (f"{run['vae_steps']:,} steps on batches of 16 corpus images, each source drawn with weight "
+                        f"size ** {run['vae_balance']}" + (" (every source equally often)" if run["vae_balance"] == 0 else ""))
     card = f"""# UniMedVL-tiny
 
 A small unified medical model (understanding and generation in one Qwen2-MoT + SigLIP + FLUX-style VAE

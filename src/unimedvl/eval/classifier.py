@@ -26,8 +26,8 @@ from unimedvl.images import load_image, to_tensor
 SIZE = 64
 
 
-def image_tensor(image: Image.Image) -> torch.Tensor:
-    return to_tensor(load_image(image).resize((SIZE, SIZE), Image.BICUBIC))
+def image_tensor(image: Image.Image, size: int = SIZE) -> torch.Tensor:
+    return to_tensor(load_image(image).resize((size, size), Image.BICUBIC))
 
 
 class SmallCNN(nn.Module):
@@ -50,8 +50,9 @@ class Labelled:
     pneumonia: int  # -1 unless a chest X-ray with a known pneumonia label
 
 
-def collect(corpus, splits: tuple[str, ...], per_modality: int = 400, *, pneumonia_only: bool = False) -> list[Labelled]:  # noqa: ANN001
-    """Distinct real images of the splits, at most `per_modality` per modality.
+def collect(corpus, splits: tuple[str, ...], per_modality: int = 400, *, pneumonia_only: bool = False,  # noqa: ANN001
+            size: int = SIZE) -> list[Labelled]:
+    """Distinct real images of the splits (first image of each sample, size x size), at most `per_modality` per modality.
 
     pneumonia_only: only PneumoniaMNIST images (they carry the pneumonia label), with no cap.
     """
@@ -66,7 +67,8 @@ def collect(corpus, splits: tuple[str, ...], per_modality: int = 400, *, pneumon
             continue
         seen.add(ref.sha256)
         counts[sample.modality] += 1
-        out.append(Labelled(image_tensor(Image.open(io.BytesIO(ref.data))), MODALITIES.index(sample.modality), pneumonia))
+        out.append(Labelled(image_tensor(Image.open(io.BytesIO(ref.data)), size), MODALITIES.index(sample.modality),
+                            pneumonia))
     return out
 
 

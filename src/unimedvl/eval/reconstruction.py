@@ -8,15 +8,13 @@ held-out images at the generation size: the mean absolute error of encode -> dec
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from unimedvl.data.storage import iter_samples
-from unimedvl.images import load_image, to_tensor
+from unimedvl.data.schema import MODALITIES
+from unimedvl.eval.classifier import collect
 from unimedvl.model.vae import AutoEncoder
 
 
@@ -35,17 +33,11 @@ def colourfulness(pixels: torch.Tensor) -> float:
 
 def held_out_images(corpus: str | Path, splits: tuple[str, ...] = ("val", "test"), per_modality: int = 32,
                     size: int = 64) -> dict[str, torch.Tensor]:
-    """Distinct first images of the splits' samples, resized to size x size, at most per_modality each."""
-    seen: set[str] = set()
-    out: dict[str, list[torch.Tensor]] = {}
-    for sample in (s for split in splits for s in iter_samples(corpus, split)):
-        refs = sample.images()
-        if not refs or refs[0].sha256 in seen or len(out.get(sample.modality, [])) >= per_modality:
-            continue
-        seen.add(refs[0].sha256)
-        image = load_image(Image.open(io.BytesIO(refs[0].data))).resize((size, size), Image.BICUBIC)
-        out.setdefault(sample.modality, []).append(to_tensor(image))
-    return {m: torch.stack(v) for m, v in sorted(out.items())}
+    """The judge's real images (`classifier.collect`), grouped by modality name."""
+    grouped: dict[str, list[torch.Tensor]] = {}
+    for row in collect(corpus, splits, per_modality, size=size):
+        grouped.setdefault(MODALITIES[row.modality], []).append(row.pixels)
+    return {m: torch.stack(v) for m, v in sorted(grouped.items())}
 
 
 @torch.no_grad()

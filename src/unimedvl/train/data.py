@@ -58,6 +58,15 @@ class Pack:
         return int(self.ce_targets.numel())
 
 
+def tempered_weights(sizes: list[int], balance: float) -> list[float]:
+    """Draw weights of sources with these sizes: size ** balance.
+
+    balance 1.0 draws every sample equally often (sources in proportion to their size);
+    0.0 draws every source equally often; values between temper the large sources.
+    """
+    return [size**balance for size in sizes]
+
+
 class CorpusIndex:
     """The samples of one split, grouped by task family and, within a family, by source.
 
@@ -81,13 +90,9 @@ class CorpusIndex:
         return {f: [s for rows in self.by_source[f].values() for s in rows] for f in FAMILIES}
 
     def source_weights(self, family: str, balance: float) -> tuple[list[str], list[float]]:
-        """Sources of a family (sorted, for a stable stream) and their draw weights, size ** balance.
-
-        balance 1.0 draws every sample equally often (sources in proportion to their size);
-        0.0 draws every source equally often; values between temper the large sources.
-        """
+        """Sources of a family (sorted, for a stable stream) and their `tempered_weights`."""
         names = sorted(self.by_source[family])
-        return names, [len(self.by_source[family][n]) ** balance for n in names]
+        return names, tempered_weights([len(self.by_source[family][n]) for n in names], balance)
 
     def families(self, mix: dict[str, float]) -> tuple[list[str], list[float]]:
         names = [f for f in FAMILIES if mix.get(f, 0) > 0 and self.by_source[f]]

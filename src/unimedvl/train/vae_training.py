@@ -28,6 +28,7 @@ from unimedvl.data.storage import iter_samples
 from unimedvl.images import load_image, to_tensor
 from unimedvl.io_utils import atomic_write_text
 from unimedvl.model.vae import AutoEncoder
+from unimedvl.train.data import tempered_weights
 
 
 def corpus_images(corpus: str | Path, split: str = "train", limit: int | None = None) -> dict[str, list[bytes]]:
@@ -60,13 +61,9 @@ class ImageSampler:
         self.groups = [g for _, g in sorted(groups.items()) if g]
         if not self.groups:
             raise ValueError("no images to train the VAE on")
-        self.weights = [len(g) ** balance for g in self.groups]
+        self.weights = tempered_weights([len(g) for g in self.groups], balance)
         self.keep_side, self.max_cached = keep_side, max_cached
         self._decoded: dict[tuple[int, int], Image.Image] = {}
-
-    def share(self) -> list[float]:
-        total = sum(self.weights)
-        return [w / total for w in self.weights]
 
     def draw(self, rng: random.Random) -> Image.Image:
         g = rng.choices(range(len(self.groups)), weights=self.weights)[0] if len(self.groups) > 1 else 0
