@@ -36,12 +36,12 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
     report["vqa_by_modality"] = vqa.per_type_and_modality
     report["vqa_examples"] = vqa.examples
     if classifier is None:
-        classifier = build_judge(corpus, epochs=4 if quick else 8)
+        classifier = build_judge(corpus, modality_epochs=10, pneumonia_epochs=4) if quick else build_judge(corpus)
     report["classifier"] = classifier[2]
     generation = evaluate_generation(engine, classifier[0], classifier[1], seeds=3 if quick else 6)
     report["generation"] = {"per_modality": generation.per_modality, "overall": generation.overall,
                             "pneumonia": generation.pneumonia, "predicted": generation.predicted}
-    recon = reconstruction_by_modality(engine.vae, held_out_images(corpus, per_modality=32, size=64))
+    recon = reconstruction_by_modality(engine.vae, held_out_images(corpus, per_modality=32, size=64), classifier[0])
     report["vae_reconstruction"] = {m: vars(r) for m, r in recon.items()}
     report["heldout"] = heldout_losses(engine, str(corpus), data=DataConfig(tokens_per_pack=384, max_tokens_per_sample=384))
     report["seconds"] = round(time.perf_counter() - start, 1)
@@ -59,13 +59,21 @@ def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, c
               f"{c['modality_balanced_accuracy_real_test_blurred']:.3f}); pneumonia head ({c['pneumonia_train_images']} train "
               f"chest X-rays) accuracy {c['pneumonia_accuracy_real_test']:.3f} (balanced "
               f"{c['pneumonia_balanced_accuracy_real_test']:.3f}) on {c['pneumonia_test_images']} held-out ones.", "",
-              "| requested modality | recognised | judged as |", "|---|---|---|"]
-    lines += [f"| {m} | {r:.2f} | {', '.join(f'{k} {v}' for k, v in generation.predicted[m].items())} |"
-              for m, r in generation.per_modality.items()]
+              "| requested modality | recognised | judged as | judge's recall on real held-out images (n) "
+              "| on its real train images (n) |", "|---|---|---|---|---|"]
+
+    def recall(split: str, modality: str) -> str:
+        row = c[f"modality_recall_real_{split}"].get(modality)
+        return f"{row['recall']:.2f} ({row['images']})" if row else "none held out"
+
+    lines += [f"| {m} | {r:.2f} | {', '.join(f'{k} {v}' for k, v in generation.predicted[m].items())} "
+              f"| {recall('test', m)} | {recall('train', m)} |" for m, r in generation.per_modality.items()]
     lines += ["", f"Chest X-ray finding recognised: {generation.pneumonia}", "",
               "## VAE reconstruction of held-out images (64 px)", "",
-              "| modality | images | L1 | colourfulness in | colourfulness out |", "|---|---|---|---|---|"]
-    lines += [f"| {m} | {r.images} | {r.l1:.3f} | {r.colour_in:.3f} | {r.colour_out:.3f} |" for m, r in recon.items()]
+              "| modality | images | L1 | colourfulness in | colourfulness out | judge recognises in | out |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {r.images} | {r.l1:.3f} | {r.colour_in:.3f} | {r.colour_out:.3f} | {r.recognised_in:.2f} "
+              f"| {r.recognised_out:.2f} |" for m, r in recon.items()]
     lines += ["",
               f"Held-out losses (test split, teacher-forced): {report['heldout']}"]
     (out / "eval.md").write_text("\n".join(lines) + "\n")

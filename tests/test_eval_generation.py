@@ -74,3 +74,23 @@ def test_colourfulness_and_reconstruction_report(train_corpus: Path) -> None:
     greyed = reconstruction_by_modality(IdentityVAE(grey=True), images)
     assert greyed["fundus"].colour_out == 0.0 and greyed["fundus"].l1 > 0.3
     assert greyed["chest_xray"].l1 == 0.0  # grey images survive a grey autoencoder
+
+
+class ColourJudge(nn.Module):
+    """Calls colourful images fundus photographs and grey ones chest X-rays."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        colourful = x.std(dim=1, unbiased=False).mean(dim=(1, 2)) > 0.1
+        index = torch.where(colourful, MODALITIES.index("fundus"), MODALITIES.index("chest_xray"))
+        return torch.nn.functional.one_hot(index, len(MODALITIES)).float()
+
+
+def test_reconstruction_reports_what_the_judge_still_recognises() -> None:
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(2, 3, 8, 8)
+    images = {"fundus": red, "chest_xray": torch.zeros(2, 3, 8, 8)}
+    kept = reconstruction_by_modality(IdentityVAE(), images, ColourJudge())
+    greyed = reconstruction_by_modality(IdentityVAE(grey=True), images, ColourJudge())
+    assert (kept["fundus"].recognised_in, kept["fundus"].recognised_out) == (1.0, 1.0)
+    assert (greyed["fundus"].recognised_in, greyed["fundus"].recognised_out) == (1.0, 0.0)  # lost in the round trip
+    assert greyed["chest_xray"].recognised_out == 1.0
+    assert reconstruction_by_modality(IdentityVAE(), images)["fundus"].recognised_in is None  # no judge, no column

@@ -8,9 +8,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
+from unimedvl.data.schema import MODALITIES
 from unimedvl.data.storage import iter_samples
 from unimedvl.eval.classifier import Labelled, SmallCNN, accuracy
 from unimedvl.eval.vqa import evaluate_vqa, majority_answers, normalise, question_and_answer, question_type
@@ -106,3 +108,38 @@ def test_blur_keeps_the_mean_and_smooths() -> None:
     y = blur(x, 1.5)
     assert y.shape == x.shape and abs(float(y.mean() - x.mean())) < 0.01
     assert float((y[..., 1:] - y[..., :-1]).abs().mean()) < 0.5 * float((x[..., 1:] - x[..., :-1]).abs().mean())
+
+
+def test_shift_translates_with_reflected_border() -> None:
+    from unimedvl.eval.classifier import shift
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.equal(shift(x, 0, 0), x)
+    right = shift(x, 1, 0)
+    assert torch.equal(right[..., 1:], x[..., :-1]) and torch.equal(right[..., 0], x[..., 1])  # reflected column
+    down = shift(x, 0, -2)
+    assert torch.equal(down[..., :2, :], x[..., 2:, :])
+
+
+def _pattern(kind: str, seed: int) -> torch.Tensor:
+    """64x64 images of equal mean brightness that differ only in where the bright part lies (left-right symmetric,
+    as the judge trains with left-right flips)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((3, 64, 64), -0.5)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    mask = {"bottom": yy >= 32, "top": yy < 32, "disc": (yy - 32) ** 2 + (xx - 32) ** 2 < 32 * 32 / 3.1416 * 2}[kind]
+    x[:, mask] = 0.5
+    return (x + 0.1 * torch.randn(3, 64, 64, generator=g)).clamp(-1, 1)
+
+
+def test_trained_judge_tells_layouts_apart() -> None:
+    from unimedvl.eval.classifier import recall_per_class, train_head
+
+    kinds = {"bottom": "chest_xray", "top": "ct", "disc": "mri"}
+    rows = lambda seeds: [Labelled(_pattern(k, s), MODALITIES.index(m), -1)  # noqa: E731
+                          for k, m in kinds.items() for s in seeds]
+    model = train_head(rows(range(12)), "modality", epochs=20, max_shift=2)
+    recalls = recall_per_class(model, rows(range(100, 106)))
+    assert recalls == {m: {"images": 6, "recall": 1.0} for m in ("chest_xray", "ct", "mri")}
+    with pytest.raises(ValueError, match="pneumonia head"):
+        train_head(rows(range(2)), "pneumonia")  # no image carries a pneumonia label

@@ -62,7 +62,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path: Pa
                            checkpoint_layers=checkpointing)
         (sums.ce_sum + sums.mse_sum).backward()
         grad = trainer.model.get_parameter("language_model.model.layers.0.self_attn.q_proj.weight").grad.clone()
-        results.append((float(sums.ce_sum), float(sums.mse_sum), grad))
+        results.append((sums.ce_sum.item(), sums.mse_sum.item(), grad))
     assert results[0][:2] == results[1][:2]
     assert torch.allclose(results[0][2], results[1][2], atol=1e-6)
     assert pack.num_ce_tokens > 0 and pack.num_tokens >= 160

@@ -2,10 +2,17 @@
 
 A small CNN (no weights shared with UniMedVL) on 64x64 RGB predicts the modality (8 classes) and,
 for chest X-rays, pneumonia vs none. Trained on the train split's real images (not generated ones),
-with left-right flips. Its accuracy on the real held-out images is reported beside the recognition
-rate of generated images, also on blurred real images (sigma 1.5 px), since a small generator's
-64 px images are soft. (Training it with blur augmentation was tried: its accuracy on real held-out
-images fell from 0.88 to 0.73, so it is not used.)
+with left-right flips and shifts of up to 4 px, classes weighted to balance them. Its features are
+pooled to a 4x4 grid, not to one vector: where things lie (a round skull, stacked retinal layers)
+tells the grey modalities apart. Its recall per modality on the real held-out images is reported
+beside the recognition rate of generated images, also on blurred real images (sigma 1.5 px), since
+a small generator's 64 px images are soft.
+
+Measured on the corpus of UniMedVL-tiny: pooled to one vector and trained 8 epochs, it scored 0.884
+on the real held-out images (balanced 0.784) but recognised only 14 of 32 of its own MRI train images,
+4 of 8 CT and 4 of 6 OCT; the 4x4 grid, twice the channels and 30 epochs give 0.997 (balanced 0.929,
+one of the two held-out CT slices missed) and every train image. (Training with blur
+augmentation was tried: accuracy on real held-out images fell from 0.88 to 0.73, so it is not used.)
 """
 
 from __future__ import annotations
@@ -31,13 +38,14 @@ def image_tensor(image: Image.Image, size: int = SIZE) -> torch.Tensor:
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, classes: int) -> None:
+    def __init__(self, classes: int, *, width: int = 1, grid: int = 4) -> None:
         super().__init__()
+        c = 16 * width
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-        self.head = nn.Linear(64, classes)
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(grid))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(4 * c * grid * grid, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -86,16 +94,32 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
-def train_head(rows: list[Labelled], target: str, *, epochs: int = 8, seed: int = 0) -> SmallCNN:
+def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate a batch (B, C, H, W) by (dx, dy) pixels, filling the border by reflection."""
+    pad = max(abs(dx), abs(dy))
+    if pad == 0:
+        return x
+    height, width = x.shape[-2:]
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return x[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width]
+
+
+def train_head(rows: list[Labelled], target: str, *, epochs: int = 8, width: int = 1, max_shift: int = 4,
+               seed: int = 0) -> SmallCNN:
     """One head: `modality` (8 classes) or `pneumonia` (2 classes); classes weighted to balance them."""
     torch.manual_seed(seed)
     rows = [d for d in rows if target == "modality" or d.pneumonia >= 0]
+    if not rows:
+        raise ValueError(f"no labelled images to train the {target} head on")
     classes = len(MODALITIES) if target == "modality" else 2
-    model = SmallCNN(classes)
+    model = SmallCNN(classes, width=width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    batches_per_epoch = -(-len(rows) // 32)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * batches_per_epoch))
     counts = torch.bincount(torch.tensor([getattr(d, target) for d in rows]), minlength=classes).float()
     weights = (counts.sum() / counts.clamp(min=1)) / classes
     rng = random.Random(seed)
+    model.train()
     for _ in range(epochs):
         rng.shuffle(rows)
         for start in range(0, len(rows), 32):
@@ -103,11 +127,14 @@ def train_head(rows: list[Labelled], target: str, *, epochs: int = 8, seed: int 
             x = torch.stack([d.pixels for d in batch])
             if rng.random() < 0.5:
                 x = x.flip(-1)  # left-right flips: modality and pneumonia do not depend on the side
+            # Small shifts: the class does not depend on where the anatomy sits to a few pixels.
+            x = shift(x, rng.randint(-max_shift, max_shift), rng.randint(-max_shift, max_shift))
             y = torch.tensor([getattr(d, target) for d in batch])
             loss = F.cross_entropy(model(x), y, weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
     return model.eval()
 
 
@@ -126,19 +153,39 @@ def accuracy(model: SmallCNN, data: list[Labelled], target: str, *, balanced: bo
 
 
 @torch.no_grad()
+def recall_per_class(model: SmallCNN, data: list[Labelled], target: str = "modality") -> dict[str, dict]:
+    """{class name: {"images": n, "recall": fraction recognised}} on real images, for the report."""
+    rows = [d for d in data if target == "modality" or d.pneumonia >= 0]
+    if not rows:
+        return {}
+    names = list(MODALITIES) if target == "modality" else ["no pneumonia", "pneumonia"]
+    predictions = model(torch.stack([d.pixels for d in rows])).argmax(-1)
+    truth = torch.tensor([getattr(d, target) for d in rows])
+    return {names[c]: {"images": int((truth == c).sum()), "recall": round(float((predictions[truth == c] == c).float().mean()), 3)}
+            for c in sorted(truth.unique().tolist())}
+
+
+@torch.no_grad()
 def predict(model: SmallCNN, images: list[Image.Image]) -> list[int]:
     return model(torch.stack([image_tensor(i) for i in images])).argmax(-1).tolist()
 
 
-def build_judge(corpus, *, epochs: int = 8) -> tuple[SmallCNN, SmallCNN, dict]:  # noqa: ANN001
-    """Train both heads on the train split's real images; report their accuracy on the held-out ones."""
+def build_judge(corpus, *, modality_epochs: int = 30, pneumonia_epochs: int = 8,  # noqa: ANN001
+                modality_width: int = 2) -> tuple[SmallCNN, SmallCNN, dict]:
+    """Train both heads on the train split's real images; report their accuracy on the held-out ones.
+
+    The modality head sees few images of the rare modalities (a few to a few dozen), so it gets
+    more epochs and channels; the pneumonia head has thousands of chest X-rays.
+    """
     train = collect(corpus, ("train",))
     held_out = collect(corpus, ("val", "test"), per_modality=200)
     cxr_train = collect(corpus, ("train",), pneumonia_only=True)
     cxr_held_out = collect(corpus, ("val", "test"), pneumonia_only=True)
-    modality_model = train_head(train, "modality", epochs=epochs)
-    pneumonia_model = train_head(cxr_train, "pneumonia", epochs=epochs)
+    modality_model = train_head(train, "modality", epochs=modality_epochs, width=modality_width)
+    pneumonia_model = train_head(cxr_train, "pneumonia", epochs=pneumonia_epochs)
     return modality_model, pneumonia_model, {
+        "modality_recall_real_test": recall_per_class(modality_model, held_out),
+        "modality_recall_real_train": recall_per_class(modality_model, train),
         "modality_accuracy_real_test": accuracy(modality_model, held_out, "modality"),
         "modality_balanced_accuracy_real_test": accuracy(modality_model, held_out, "modality", balanced=True),
         "modality_balanced_accuracy_real_test_blurred": accuracy(modality_model, held_out, "modality", balanced=True,

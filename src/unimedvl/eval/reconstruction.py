@@ -4,6 +4,8 @@ Generation can be no better than the autoencoder it decodes through, so the eval
 held-out images at the generation size: the mean absolute error of encode -> decode (pixels in
 [-1, 1]) and the colourfulness in and out (mean over pixels of the standard deviation across R, G, B:
 0 for a grey image). A VAE that paints colour images grey shows colour_out far below colour_in.
+Given the judge, it also reports how many images the judge recognises before and after the round
+trip: what is lost there no generator decoding through this VAE can win back.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from unimedvl.data.schema import MODALITIES
-from unimedvl.eval.classifier import collect
+from unimedvl.eval.classifier import SmallCNN, collect
 from unimedvl.model.vae import AutoEncoder
 
 
@@ -24,6 +26,8 @@ class Reconstruction:
     l1: float
     colour_in: float
     colour_out: float
+    recognised_in: float | None = None  # the judge's recall on the real images, then on their round trip
+    recognised_out: float | None = None
 
 
 def colourfulness(pixels: torch.Tensor) -> float:
@@ -41,11 +45,17 @@ def held_out_images(corpus: str | Path, splits: tuple[str, ...] = ("val", "test"
 
 
 @torch.no_grad()
-def reconstruction_by_modality(vae: AutoEncoder, images: dict[str, torch.Tensor]) -> dict[str, Reconstruction]:
+def reconstruction_by_modality(vae: AutoEncoder, images: dict[str, torch.Tensor],
+                               judge: SmallCNN | None = None) -> dict[str, Reconstruction]:
     dtype = next(vae.parameters()).dtype
     result = {}
     for modality, pixels in images.items():
         decoded = vae.decode(vae.encode(pixels.to(dtype))).float().clamp(-1, 1)
+        recognised = [None, None]
+        if judge is not None:
+            wanted = MODALITIES.index(modality)
+            recognised = [round(float((judge(x).argmax(-1) == wanted).float().mean()), 3) for x in (pixels, decoded)]
         result[modality] = Reconstruction(len(pixels), round(float((decoded - pixels).abs().mean()), 4),
-                                          round(colourfulness(pixels), 4), round(colourfulness(decoded), 4))
+                                          round(colourfulness(pixels), 4), round(colourfulness(decoded), 4),
+                                          *recognised)
     return result

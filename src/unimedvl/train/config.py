@@ -43,17 +43,30 @@ class DataConfig:
     vit_dropout: float = 0.3
     vae_dropout: float = 0.3
     # Draw weight of each source within a family = (its sample count) ** source_balance:
-    # 1.0 = every sample equally often, 0.0 = every source equally often.
-    source_balance: float = 1.0
+    # 1.0 = every sample equally often, 0.0 = every source equally often. One number for every
+    # family, or a mapping family -> number (families left out use 1.0).
+    source_balance: float | dict[str, float] = 1.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.source_balance <= 1.0:
-            raise ConfigError(f"data.source_balance must lie in [0, 1], got {self.source_balance}")
+        balances = self.source_balance if isinstance(self.source_balance, dict) else {"*": self.source_balance}
+        unknown_families = set(balances) - set(FAMILIES) - {"*"}
+        if unknown_families:
+            raise ConfigError(f"data.source_balance: unknown families {sorted(unknown_families)}; use {list(FAMILIES)}")
+        for family, value in balances.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                where = "" if family == "*" else f".{family}"
+                raise ConfigError(f"data.source_balance{where} must be a number in [0, 1], got {value!r}")
         unknown = set(self.mix) - set(FAMILIES)
         if unknown:
             raise ConfigError(f"data.mix: unknown families {sorted(unknown)}; use {list(FAMILIES)}")
         if not self.mix or any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ConfigError("data.mix must hold non-negative ratios with a positive sum")
+
+    def balance_for(self, family: str) -> float:
+        """The source balance of one task family."""
+        if isinstance(self.source_balance, dict):
+            return float(self.source_balance.get(family, 1.0))
+        return float(self.source_balance)
 
 
 @dataclass(frozen=True)

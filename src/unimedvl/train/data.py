@@ -109,7 +109,7 @@ class PackMaker:
         self.vit_rule = ResizeRule(config.vit_max, config.vit_min, vit_patch)
         self.ds, self.patch = latent_downsample, vit_patch
         self.families, self.weights = index.families(config.mix)
-        self.sources = {f: index.source_weights(f, config.source_balance) for f in self.families}
+        self.sources = {f: index.source_weights(f, config.balance_for(f)) for f in self.families}
 
     def _image(self, data: bytes) -> Image.Image:
         return load_image(Image.open(io.BytesIO(data)))
