@@ -128,3 +128,24 @@ def test_cli_train_command(tmp_path: Path, train_corpus: Path, capsys) -> None:
     assert (tmp_path / "exp" / "ema.safetensors").is_file()
     assert "step 2: loss" in capsys.readouterr().out
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path: Path, train_corpus: Path) -> None:
+    """The GPU's bf16 path (autocast, fp32 master weights), run on CPU: same losses to bf16 precision."""
+    losses, params = {}, {}
+    for precision in ("fp32", "bf16"):
+        recipe = write_recipe(tmp_path / precision, train_corpus, total_steps=2, save_every=2, precision=precision,
+                              **{"data.packs_per_step": 2})
+        if precision == "bf16":
+            with pytest.warns(UserWarning, match="bf16 on CPU"):
+                trainer = Trainer(TrainConfig.from_yaml(recipe))
+        else:
+            trainer = Trainer(TrainConfig.from_yaml(recipe))
+        losses[precision] = [trainer.train_step() for _ in range(2)]
+        params[precision] = trainer.model.get_parameter("language_model.model.layers.0.self_attn.q_proj.weight")
+        trainer.close()
+    assert params["bf16"].dtype == torch.float32  # autocast computes in bf16; the optimiser updates fp32 weights
+    for fp32, bf16 in zip(losses["fp32"], losses["bf16"]):
+        assert bf16["ce"] != fp32["ce"]  # the matmuls really ran in bf16
+        assert abs(bf16["ce"] - fp32["ce"]) < 0.03 * fp32["ce"] and abs(bf16["mse"] - fp32["mse"]) < 0.03 * fp32["mse"]
+    assert not torch.equal(params["bf16"], params["fp32"]) and torch.allclose(params["bf16"], params["fp32"], atol=2e-3)

@@ -50,9 +50,11 @@ class Routing:
         if self.gen_rows is None:  # every row is generation
             return gen(x)
         und_out = und(x[self.und_rows])
-        out = x.new_empty((x.shape[0], *und_out.shape[1:]))
+        gen_out = gen(x[self.gen_rows])
+        # Under autocast the experts' outputs are bf16 while x may be fp32: the result takes their dtype.
+        out = und_out.new_empty((x.shape[0], *und_out.shape[1:]), dtype=torch.promote_types(und_out.dtype, gen_out.dtype))
         out[self.und_rows] = und_out
-        out[self.gen_rows] = gen(x[self.gen_rows])
+        out[self.gen_rows] = gen_out
         return out
 
 

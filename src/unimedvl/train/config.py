@@ -97,7 +97,7 @@ class TrainConfig:
     freeze_vit: bool = False
     freeze_und: bool = False  # train only the generation expert (and generation heads)
     activation_checkpointing: bool = False
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is for GPUs
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (master weights stay fp32); for GPUs
     output_dir: str = "outputs/train"
     save_every: int = 50
     log_every: int = 1
