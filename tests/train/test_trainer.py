@@ -52,6 +52,10 @@ def test_recipe_errors_and_overrides(tmp_path: Path, train_corpus: Path) -> None
         TrainConfig.from_yaml(recipe, ["total_steps"])
     with pytest.raises(ConfigError, match="unknown families"):
         TrainConfig.from_yaml(recipe, ["data.mix={video: 1.0}"])
+    with pytest.raises(ConfigError, match=r"precision must be one of 'fp32', 'bf16', got 'fp16'"):
+        TrainConfig.from_yaml(recipe, ["precision=fp16"])
+    with pytest.raises(ConfigError, match=r"optim.schedule must be one of"):
+        TrainConfig.from_yaml(recipe, ["optim.schedule=linear"])
 
 
 def test_schedule() -> None:

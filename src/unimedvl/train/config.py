@@ -141,6 +141,9 @@ class TrainConfig:
                     raise ConfigError(f"{origin}: {where}.{key} must be an integer, got {value!r}")
                 elif hints[key] is bool and not isinstance(value, bool):
                     raise ConfigError(f"{origin}: {where}.{key} must be true or false, got {value!r}")
+                elif typing.get_origin(hints[key]) is Literal and value not in typing.get_args(hints[key]):
+                    choices = ", ".join(repr(a) for a in typing.get_args(hints[key]))
+                    raise ConfigError(f"{origin}: {where}.{key} must be one of {choices}, got {value!r}")
             try:
                 return kind(**values)
             except TypeError as exc:
