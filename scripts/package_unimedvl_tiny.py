@@ -54,13 +54,13 @@ medically meaningful beyond the simple questions and prompts it was trained on.
   (tokenizer trained on the corpus text); ViT: 3 layers, hidden 128, patch 14; VAE: FLUX layout,
   ch 32 x [1, 1, 2, 2], trained for {vae_training}. Images: 56 px for the ViT, 64 px for the VAE
   (image_config.json).
-- Reproduce, given ../shared/data (every random draw is seeded; `SHA256SUMS` holds the shipped files' hashes
+- Reproduce, given the shared data folder that `recipes/unimedvl-tiny/corpus.yaml` names (every random draw is seeded; `SHA256SUMS` holds the shipped files' hashes
   and `--check` compares a rerun with them, file by file):
   `.venv/bin/python scripts/train_unimedvl_tiny.py --out outputs/unimedvl-tiny --check`
   then `scripts/evaluate_unimedvl_tiny.py` and `scripts/package_unimedvl_tiny.py`.
   Float results depend on the CPU kernels and thread count: {reproduced}
 
-## Training data ({manifest['total']} samples after QC; every set of ../shared/data whose licence allows research use)
+## Training data ({manifest['total']} samples after QC; every set of the shared data folder whose licence allows research use)
 
 | set | licence | records |
 |---|---|---|

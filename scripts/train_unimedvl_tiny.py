@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/train_unimedvl_tiny.py --out outputs/unimedvl-tiny [--scale 1.0] [--check]
 
-1. corpus: `recipes/unimedvl-tiny/corpus.yaml` (every research-use set of ../shared/data, 8 modalities);
+1. corpus: `recipes/unimedvl-tiny/corpus.yaml` (every research-use set of the shared data folder, 8 modalities);
 2. tokenizer: byte-level BPE trained on the corpus text (Qwen layout, 2048 entries + 14 specials);
 3. VAE: the FLUX architecture at tiny width, trained on the corpus images (every source drawn equally often);
 4. model: the tiny architecture below, random init, then the three curriculum stages
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--vae-balance", type=float, default=VAE_BALANCE,
                         help="VAE batches draw each source with weight size ** this (0 = every source equally often)")
     parser.add_argument("--corpus-config", type=Path, default=REPO / "recipes/unimedvl-tiny/corpus.yaml",
-                        help="the corpus build recipe (default: every research-use set of ../shared/data)")
+                        help="the corpus build recipe (default: every research-use set of the shared data folder)")
     parser.add_argument("--check", action="store_true", help="compare the result with the shipped model, bit for bit")
     args = parser.parse_args()
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 The released UniMedVL / BAGEL folders carry `llm_config.json` (Qwen2.5 `config.json` keys) and
 `vit_config.json` (SigLIP keys). The reference loaders then override a few values in code; those
-overrides are explicit defaults here (see ../shared/docs/reference-architecture.md §2.1):
+overrides are explicit defaults here (the reference loaders of BAGEL / UniMedVL):
 
 * LLM: Mixture-of-Transformers layers, QK-norm on, untied embeddings.
 * ViT: learned absolute positions, and **one layer fewer than the JSON says** (penultimate features).

@@ -94,6 +94,11 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
+def labelled_for(rows: list[Labelled], target: str) -> list[Labelled]:
+    """The rows that carry `target`: all of them for `modality`, those with a known label for `pneumonia`."""
+    return [d for d in rows if target == "modality" or d.pneumonia >= 0]
+
+
 def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """Translate a batch (B, C, H, W) by (dx, dy) pixels, filling the border by reflection."""
     pad = max(abs(dx), abs(dy))
@@ -108,7 +113,7 @@ def train_head(rows: list[Labelled], target: str, *, epochs: int = 8, width: int
                seed: int = 0) -> SmallCNN:
     """One head: `modality` (8 classes) or `pneumonia` (2 classes); classes weighted to balance them."""
     torch.manual_seed(seed)
-    rows = [d for d in rows if target == "modality" or d.pneumonia >= 0]
+    rows = labelled_for(rows, target)
     if not rows:
         raise ValueError(f"no labelled images to train the {target} head on")
     classes = len(MODALITIES) if target == "modality" else 2
@@ -141,28 +146,32 @@ def train_head(rows: list[Labelled], target: str, *, epochs: int = 8, width: int
 @torch.no_grad()
 def accuracy(model: SmallCNN, data: list[Labelled], target: str, *, balanced: bool = False, sigma: float = 0.0) -> float:
     """Accuracy on real images (blurred by `sigma` px); balanced=True averages the per-class recalls."""
-    rows = [d for d in data if target == "modality" or d.pneumonia >= 0]
+    rows = labelled_for(data, target)
     if not rows:
         return float("nan")
-    predictions = model(blur(torch.stack([d.pixels for d in rows]), sigma)).argmax(-1)
-    truth = torch.tensor([getattr(d, target) for d in rows])
-    if not balanced:
-        return float((predictions == truth).float().mean())
-    recalls = [float((predictions[truth == c] == c).float().mean()) for c in truth.unique().tolist()]
-    return sum(recalls) / len(recalls)
+    if balanced:
+        recalls = [r["recall"] for r in recall_per_class(model, rows, target, sigma=sigma).values()]
+        return sum(recalls) / len(recalls)
+    predictions, truth = _predict_rows(model, rows, target, sigma)
+    return float((predictions == truth).float().mean())
 
 
 @torch.no_grad()
-def recall_per_class(model: SmallCNN, data: list[Labelled], target: str = "modality") -> dict[str, dict]:
-    """{class name: {"images": n, "recall": fraction recognised}} on real images, for the report."""
-    rows = [d for d in data if target == "modality" or d.pneumonia >= 0]
+def recall_per_class(model: SmallCNN, data: list[Labelled], target: str = "modality", *,
+                     sigma: float = 0.0) -> dict[str, dict]:
+    """{class name: {"images": n, "recall": fraction recognised}} on real images (blurred by `sigma` px)."""
+    rows = labelled_for(data, target)
     if not rows:
         return {}
     names = list(MODALITIES) if target == "modality" else ["no pneumonia", "pneumonia"]
-    predictions = model(torch.stack([d.pixels for d in rows])).argmax(-1)
-    truth = torch.tensor([getattr(d, target) for d in rows])
-    return {names[c]: {"images": int((truth == c).sum()), "recall": round(float((predictions[truth == c] == c).float().mean()), 3)}
-            for c in sorted(truth.unique().tolist())}
+    predictions, truth = _predict_rows(model, rows, target, sigma)
+    return {names[c]: {"images": int((truth == c).sum()), "recall": float((predictions[truth == c] == c).float().mean())}
+            for c in truth.unique().tolist()}
+
+
+def _predict_rows(model: SmallCNN, rows: list[Labelled], target: str, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    predictions = model(blur(torch.stack([d.pixels for d in rows]), sigma)).argmax(-1)
+    return predictions, torch.tensor([getattr(d, target) for d in rows])
 
 
 @torch.no_grad()

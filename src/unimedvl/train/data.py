@@ -64,6 +64,8 @@ def tempered_weights(sizes: list[int], balance: float) -> list[float]:
     balance 1.0 draws every sample equally often (sources in proportion to their size);
     0.0 draws every source equally often; values between temper the large sources.
     """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"source_balance must lie in [0, 1], got {balance}")
     return [size**balance for size in sizes]
 
 

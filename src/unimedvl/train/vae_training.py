@@ -55,8 +55,6 @@ class ImageSampler:
 
     def __init__(self, images: dict[str, list[bytes]] | list[bytes], balance: float = 1.0, *, keep_side: int = 128,
                  max_cached: int = 50_000) -> None:
-        if not 0.0 <= balance <= 1.0:
-            raise ValueError(f"source_balance must lie in [0, 1], got {balance}")
         groups = images if isinstance(images, dict) else {"all": list(images)}
         self.groups = [g for _, g in sorted(groups.items()) if g]
         if not self.groups:
