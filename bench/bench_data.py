@@ -34,8 +34,7 @@ import json, resource, sys, time
 from unimedvl.data.pipeline import BuildConfig, plan_chunks, run_chunks, global_qc
 config = BuildConfig.from_yaml(sys.argv[1])
 work = __import__("pathlib").Path(sys.argv[2])
-config.deid_salt = "bench"
-jobs = plan_chunks(config, work, lambda m: None)
+jobs, _ = plan_chunks(config, work, lambda m: None, salt="bench")
 start = time.perf_counter()
 summaries = run_chunks(jobs, int(sys.argv[3]), "local", lambda m: None)
 chunk_s = time.perf_counter() - start

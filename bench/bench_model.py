@@ -27,9 +27,9 @@ import torch
 
 from unimedvl.assets import REFERENCE_TINY
 from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
-from unimedvl.engine import TextOptions, UniMedVL
-from unimedvl.model.unified import UniMedVLModel
-from unimedvl.sampling import GuidanceOptions
+from unimedvl.inference.engine import UniMedVL
+from unimedvl.model.builder import build_model
+from unimedvl.model.sampling import GuidanceOptions
 
 BENCH_CONFIG = UnifiedConfig(
     llm=LLMConfig(vocab_size=4096, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
@@ -100,13 +100,13 @@ def measure(engine: UniMedVL, prompt_tokens: int, decode_tokens: int, image_side
 
 LOAD_PROBE = """
 import json, sys, torch
-from unimedvl.loading import load_checkpoint
+from unimedvl.checkpoint.folder import load_checkpoint
 def status(field):
     return int(open("/proc/self/status").read().split(field + ":")[1].split()[0])
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
 before = status("VmRSS")
 loaded = load_checkpoint(sys.argv[1], dtype=sys.argv[2])
-n = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+n = sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
 print(json.dumps({"before_kib": before, "after_kib": status("VmHWM"), "weights_bytes": n}))
 """
 
@@ -129,11 +129,9 @@ def write_bench_checkpoint(folder: Path) -> None:
     for name in ("ae.safetensors", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(REFERENCE_TINY / name, folder / name)
     torch.manual_seed(0)
-    model = UniMedVLModel(BENCH_CONFIG)
+    model = build_model(BENCH_CONFIG, device="cpu")  # the sin-cos tables are filled, the rest is drawn below
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    model.latent_pos_embed.reset_table()
-    model.vit_pos_embed.reset_table()
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()},
               str(folder / "ema.safetensors"))
 

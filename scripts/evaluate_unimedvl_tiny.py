@@ -20,12 +20,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, classifier=None) -> dict:  # noqa: ANN001
-    from unimedvl.engine import UniMedVL
     from unimedvl.eval.classifier import build_judge
     from unimedvl.eval.generation import evaluate_generation
     from unimedvl.eval.heldout import heldout_losses
     from unimedvl.eval.reconstruction import held_out_images, reconstruction_by_modality
     from unimedvl.eval.vqa import evaluate_vqa
+    from unimedvl.inference.engine import UniMedVL
     from unimedvl.train.config import DataConfig
 
     engine = UniMedVL.from_pretrained(model_dir)

@@ -84,8 +84,8 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
+    from unimedvl.data.distillation import LabelTeacher, transform_corpus
     from unimedvl.data.pipeline import BuildConfig, build_corpus
-    from unimedvl.data.transforms import LabelTeacher, transform_corpus
     from unimedvl.train.config import TrainConfig
     from unimedvl.train.tokenizer_training import corpus_texts, train_tokenizer
     from unimedvl.train.trainer import Trainer

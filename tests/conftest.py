@@ -8,7 +8,7 @@ import yaml
 
 from unimedvl.assets import REFERENCE_TINY, SAMPLE_CORPUS_CONFIG, SAMPLES
 from unimedvl.data.pipeline import BuildConfig, build_corpus
-from unimedvl.engine import UniMedVL
+from unimedvl.inference.engine import UniMedVL
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference-tiny"
 CHECKPOINT_FILES = ("llm_config.json", "vit_config.json", "vae_config.json", "ae.safetensors", "ema.safetensors",

@@ -1,6 +1,6 @@
 """Write a fixture folder in the reference-tiny format from *our* implementation, at any size.
 
-Used by tests to show that `unimedvl.reference_check` reads everything (sizes, prompts, settings,
+Used by tests to show that `unimedvl.tools.reference_check` reads everything (sizes, prompts, settings,
 tolerances) from the folder and hard-codes nothing: a fixture with another seed, other model sizes,
 prompts and image sizes must pass, and the same folder with one recorded number changed must fail.
 (The numbers here come from our own code, so this proves the checker's generality, not parity;
@@ -20,14 +20,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from unimedvl.assets import REFERENCE_TINY
+from unimedvl.checkpoint.folder import load_checkpoint
 from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
-from unimedvl.engine import GenerationTrace, TextOptions, UniMedVL
-from unimedvl.images import to_tensor
-from unimedvl.loading import load_checkpoint
-from unimedvl.model.unified import UniMedVLModel
-from unimedvl.model.vae import AutoEncoder
-from unimedvl.reference_check import SCHEMA, _identity_rule
-from unimedvl.sampling import GuidanceOptions
+from unimedvl.imaging.pixels import to_tensor
+from unimedvl.inference.engine import GenerationTrace, TextOptions, UniMedVL
+from unimedvl.model.builder import build_model, build_vae
+from unimedvl.model.sampling import GuidanceOptions
+from unimedvl.tools.reference_check import IDENTITY_SIZES, SCHEMA
 
 
 @dataclass
@@ -63,20 +62,17 @@ def write_fixture(out: Path, v: Variant) -> None:
     )
     cfg.save_to_dir(out)
     gen = torch.Generator().manual_seed(v.seed)
-    model, vae = UniMedVLModel(cfg), AutoEncoder(cfg.vae)
+    model, vae = build_model(cfg, device="cpu"), build_vae(cfg.vae, device="cpu")
     for module in (model, vae):
         for name, p in module.named_parameters():
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=gen) / (p.shape[-1] ** 0.5 if p.ndim > 1 else 5.0)
                         + (1.0 if name.endswith("norm.weight") or "layernorm" in name or "norm1" in name
                            or "norm2" in name else 0.0))
-    model.latent_pos_embed.reset_table()
-    model.vit_pos_embed.reset_table()
     save_file({k: t.to(torch.bfloat16).contiguous() for k, t in model.state_dict().items()}, str(out / "ema.safetensors"))
     save_file({k: t.contiguous() for k, t in vae.state_dict().items()}, str(out / "ae.safetensors"))
 
-    engine = UniMedVL(load_checkpoint(out), vqa_vit_rule=_identity_rule(14), gen_vae_rule=_identity_rule(16),
-                      gen_vit_rule=_identity_rule(14))
+    engine = UniMedVL(load_checkpoint(out), image_config=IDENTITY_SIZES)
     m, sp, tok = engine.model, engine.special, engine.tokenizer
     rng = np.random.default_rng(v.seed)
 
@@ -107,7 +103,7 @@ def write_fixture(out: Path, v: Variant) -> None:
         grid = (v.gen_hw[0] // 16, v.gen_hw[1] // 16)
         x_t = torch.randn(grid[0] * grid[1], 64, generator=gen)
         emb = m.embed_latents(x_t, torch.tensor(0.3), grid)
-        hidden = m.run_latent_block(ctx, emb, sp, commit=False)
+        hidden = m.noisy_latent_hidden(ctx, emb, sp)
         b = {"x_t": x_t, "velocity": m.llm2vae(hidden[1:-1]), "time_embedding": m.time_embedder(torch.tensor([0.3]), torch.float32)[0],
              "query_embeddings": m.frame_image_block(emb, sp), "final_hidden": hidden}
         cases["case_b"] = ({"prompt": v.prompts[1], "prompt_ids": tok.encode(v.prompts[1]), "timestep": 0.3,

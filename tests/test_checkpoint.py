@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from unimedvl.checkpoint.folder import load_checkpoint
 from unimedvl.errors import CheckpointError, ConfigError
-from unimedvl.loading import load_checkpoint
 from unimedvl.model.connectors import sincos_2d_table
 
 
@@ -125,8 +125,8 @@ def test_dtype_rules(checkpoint_copy: Path) -> None:
 
 
 def test_checkpoint_without_vae_cannot_generate(checkpoint_copy: Path) -> None:
-    from unimedvl.engine import UniMedVL
     from unimedvl.errors import InputError
+    from unimedvl.inference.engine import UniMedVL
 
     (checkpoint_copy / "ae.safetensors").unlink()
     model = UniMedVL.from_pretrained(checkpoint_copy)

@@ -105,3 +105,67 @@ def test_demo_runs_every_task(tmp_path: Path, capsys) -> None:
     page = (tmp_path / "demo.html").read_text()
     assert page.count("data:image/png;base64,") >= 9 and "Does this chest X-ray show pneumonia?" in page
     assert Image.open(tmp_path / "generated_0.png").size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bogus"], "error: No such command 'bogus'."),
+        (["data", "bogus"], "error: No such command 'bogus'."),
+        (["generate"], "error: Missing argument 'prompt'."),
+        (["ask", "-q", "hi", "--max-new-tokens", "abc"], "error: Invalid value for '--max-new-tokens'"),
+        (["ask", "-q", "hi", "--no-such-flag"], "error: No such option: --no-such-flag"),
+        (["data", "build"], "error: Missing option '--out'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_the_python_entry_point_reports_usage_errors_the_same_way() -> None:
+    proc = subprocess.run([sys.executable, "-m", "unimedvl", "bogus"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: No such command 'bogus'."
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "x", "-o", "out.gif"], "--out must end in .png"),
+        (["generate", "x", "--height", "33"], "height must be a multiple of 16"),
+        (["generate", "x", "--steps", "1"], "num_timesteps must be an integer >= 2"),
+        (["generate", "x", "--renorm", "sideways"], "renorm_type must be global"),
+        (["edit", "/no/image.png", "x"], "image file not found"),
+        (["edit", "{mri}", "x", "-o", "edited.tiff"], "--out must end in .png"),
+        (["ask", "/no/image.png", "-q", "hi"], "image file not found"),
+        (["demo", "--steps", "1"], "num_timesteps must be an integer >= 2"),
+        (["data", "transform", "/no/corpus", "--out", "x", "--teacher", "local:/no/model"], "is not a built corpus"),
+    ],
+)
+def test_inputs_and_outputs_are_checked_before_a_model_loads(argv: list[str], message: str, monkeypatch, capsys,
+                                                              mri_path: Path, tmp_path: Path) -> None:
+    from unimedvl.cli.options import ModelChoice
+    from unimedvl.inference.engine import UniMedVL
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(ModelChoice, "load", refuse)
+    monkeypatch.setattr(UniMedVL, "from_pretrained", refuse)
+    monkeypatch.chdir(tmp_path)
+    assert main([a.replace("{mri}", str(mri_path)) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_table_and_the_readme_agree() -> None:
+    """Every command of the table is shown in the README, and the README shows no command that does not exist."""
+    import re
+
+    from unimedvl.cli import COMMANDS, build_app
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"bin/unimedvl ((?:data )?[a-z]+)", readme))
+    table = {" ".join(c.usage.split()[1:]) for c in COMMANDS}
+    assert documented == table, f"only in the README: {sorted(documented - table)}; only in the table: {sorted(table - documented)}"
+    assert {c.name for c in build_app().registered_commands} == {c.name for c in COMMANDS if c.group is None}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from unimedvl.engine import GenerationTrace, TextOptions, VLM_THINK_SYSTEM_PROMPT
 from unimedvl.errors import InputError
-from unimedvl.sampling import GuidanceOptions
+from unimedvl.inference.engine import VLM_THINK_SYSTEM_PROMPT, GenerationTrace, TextOptions
+from unimedvl.model.sampling import GuidanceOptions
 
 FAST = GuidanceOptions(num_timesteps=4)
 
@@ -25,7 +25,7 @@ def test_ask_is_greedy_and_deterministic(engine, cxr_path: Path) -> None:
 
 def test_ask_matches_a_manual_chat_pass(engine, mri_path: Path) -> None:
     # Bagel.chat: ViT block (VQA resize rule), question, decode from <|im_start|>.
-    from unimedvl.images import load_image, to_tensor
+    from unimedvl.imaging.pixels import load_image, to_tensor
 
     ctx = engine.new_context()
     engine.model.prefill_vit_image(ctx, to_tensor(engine.vqa_vit_rule(load_image(mri_path))), engine.special)
@@ -116,7 +116,7 @@ def test_understand_first_and_interleaved_text_output(engine, mri_path: Path) ->
 
 
 def test_vae_posterior_sampling_is_an_option(engine, mri_path: Path) -> None:
-    from unimedvl.images import load_image
+    from unimedvl.imaging.pixels import load_image
 
     image = load_image(mri_path)
     mean = engine.encode_image(image)

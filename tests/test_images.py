@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from unimedvl.errors import InputError
-from unimedvl.images import RESIZE_RULES, ResizeRule, generation_target_size, load_image, to_tensor, to_uint8
+from unimedvl.imaging.pixels import load_image, to_tensor, to_uint8
+from unimedvl.imaging.resize import RESIZE_RULES, ResizeRule, generation_target_size
 
 
 def test_resize_rules_match_the_reference_table(fixture_dir: Path) -> None:

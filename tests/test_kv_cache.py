@@ -11,8 +11,7 @@ def _cache(capacity: int = 0) -> KVCache:
 
 def _append(cache: KVCache, values: list[float]) -> None:
     k = torch.tensor(values).reshape(len(values), 1, 1).expand(-1, 1, 2)
-    in_place = cache.begin_block(len(values), commit=True)
-    cache.layer_kv(0, k, k, in_place=in_place)
+    cache.open_block(len(values), commit=True).layer_kv(0, k, k)
     cache.commit(len(values), rope_advance=len(values))
 
 
@@ -56,8 +55,7 @@ def test_uncommitted_blocks_leave_the_cache_unchanged() -> None:
     _append(cache, [2.0])
     for ctx in (cache, fork):  # owner uses scratch rows; the fork concatenates
         k = torch.full((2, 1, 2), 7.0)
-        in_place = ctx.begin_block(2, commit=False)
-        keys, _ = ctx.layer_kv(0, k, k, in_place=in_place)
+        keys, _ = ctx.open_block(2, commit=False).layer_kv(0, k, k)
         assert keys.shape[1] == ctx.length + 2
     assert _keys(cache) == [1.0, 2.0] and _keys(fork) == [1.0]
     assert cache.length == 2 and fork.length == 1

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import torch
 
-from unimedvl.model.packing import (PackBuilder, SplitKind, block_attention_mask, grid_position_ids,
-                                    pack_attention_mask, patchify, unpatchify)
+from unimedvl.model.packing import (
+    LatentSegment,
+    PackBuilder,
+    SplitKind,
+    TextSegment,
+    VitSegment,
+    block_attention_mask,
+    grid_position_ids,
+    pack_attention_mask,
+    patchify,
+    unpatchify,
+)
+from unimedvl.text.tokenizer import SpecialTokens
+
+SPECIAL = SpecialTokens(bos=1, eos=2, start_of_image=3, end_of_image=4)
 
 
 def test_mask_rules_on_a_small_pack() -> None:
-    b = PackBuilder()
-    b.add_text(2)  # split 0
-    b.add_image(1, vae=True, noisy=True)  # split 1: 3 tokens
-    b.add_text(2)  # split 2
+    b = PackBuilder(SPECIAL)
+    b.add(TextSegment((1, 2)))  # split 0
+    b.add(LatentSegment((1, 1), noisy=True))  # split 1: 3 tokens
+    b.add(TextSegment((1, 2), loss=True))  # split 2
     b.new_sample()
-    b.add_text(2)  # split 3, other sample
-    layout = b.build()
+    b.add(TextSegment((1, 2)))  # split 3, other sample
+    batch = b.build()
+    layout = batch.layout
     m = pack_attention_mask(layout)
+    assert torch.equal(batch.attention_mask, m)
     assert m[1, 0] and not m[0, 1]  # causal text
     assert m[2:5, 2:5].all() and m[2:5, 0:2].all()  # noise split: bidirectional, sees the past
     assert not m[5:7, 2:5].any()  # later text never sees the noisy latents
@@ -25,7 +40,20 @@ def test_mask_rules_on_a_small_pack() -> None:
     assert layout.position_ids.tolist() == [0, 1, 2, 2, 2, 2, 3, 0, 1]  # noisy image does not advance RoPE
     assert layout.gen_expert.tolist() == [False, False, False, True, False, False, False, False, False]
     assert layout.split_kinds[2].item() == SplitKind.NOISE
+    assert batch.starts == (0, 2, 5, 7) and batch.noisy_latent_rows() == [(3, 1)] and batch.num_mse_tokens == 1
+    assert batch.ce_positions.tolist() == [5] and batch.ce_targets.tolist() == [2]  # row 5 predicts the next id
 
+
+def test_dropped_image_keeps_its_rope_slot_and_clean_images_advance_it() -> None:
+    b = PackBuilder(SPECIAL)
+    b.add(TextSegment((1, 9, 2)))
+    b.skip_image()  # condition dropout removed an image here
+    b.add(VitSegment(torch.zeros(3, 14, 28), (1, 2)))
+    b.add(LatentSegment((1, 1)))
+    b.add(TextSegment((1, 2)))
+    layout = b.build().layout
+    assert layout.position_ids.tolist() == [0, 1, 2, 4, 4, 4, 4, 5, 5, 5, 6, 7]
+    assert layout.gen_expert.tolist() == [False] * 8 + [True] + [False] * 3  # markers stay understanding
 
 def test_block_mask_is_bottom_right_aligned() -> None:
     m = block_attention_mask(3, 2, causal=True)
@@ -64,24 +92,26 @@ def test_packed_forward_equals_incremental_inference(engine) -> None:
     h3 = model.prefill_text(ctx, text3)  # text after the generated image never sees its noisy tokens
     h_other = model.prefill_text(model.new_cache(), other)
 
-    # The same content as one packed sequence with the pack mask.
-    b = PackBuilder()
-    b.add_text(len(text1))
-    vit_tokens = model.encode_vit(pixels).tokens
-    b.add_image(vit_tokens.shape[0], vae=False)
-    b.add_text(len(text2))
-    b.add_image(noisy.shape[0], vae=True, noisy=True)
-    b.add_text(len(text3))
+    # The same content as one packed sequence with the pack mask, through the training forward.
+    b = PackBuilder(special)
+    b.add(TextSegment(tuple(text1.tolist())))
+    b.add(VitSegment(pixels, (2, 3)))
+    b.add(TextSegment(tuple(text2.tolist())))
+    b.add(LatentSegment((2, 3), noisy=True, tokens=noisy, timestep=0.6))
+    b.add(TextSegment(tuple(text3.tolist())))
     b.new_sample()
-    b.add_text(len(other))
-    layout = b.build()
+    b.add(TextSegment(tuple(other.tolist())))
+    batch = b.build()
+    layout = batch.layout
+    out = model(batch)
+    torch.testing.assert_close(out.velocities[0], v, atol=2e-5, rtol=0)
     embeds = torch.cat([
-        model.embed_ids(text1), model.frame_image_block(vit_tokens, special), model.embed_ids(text2),
+        model.embed_ids(text1), model.frame_image_block(model.encode_vit(pixels).tokens, special), model.embed_ids(text2),
         model.frame_image_block(noisy_embeds, special), model.embed_ids(text3), model.embed_ids(other),
     ])
-    hidden = model.language_model.model(embeds, layout.position_ids, model.new_cache(), gen_mask=layout.gen_expert,
-                                        attn_mask=pack_attention_mask(layout), commit=False)
-    n1, nv, n2, nn, n3 = len(text1), vit_tokens.shape[0] + 2, len(text2), noisy.shape[0] + 2, len(text3)
+    hidden = model.language_model.model(embeds, layout.position_ids, gen_mask=layout.gen_expert,
+                                        attn_mask=batch.attention_mask)
+    n1, nv, n2, nn, n3 = len(text1), 6 + 2, len(text2), noisy.shape[0] + 2, len(text3)
     o = 0
     torch.testing.assert_close(hidden[o:o + n1], h1, atol=2e-5, rtol=0)
     o += n1 + nv

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fixture_writer import Variant, write_fixture
-from unimedvl.reference_check import main
+
+from unimedvl.tools.reference_check import main
 
 
 @pytest.fixture(scope="module")

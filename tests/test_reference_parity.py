@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from unimedvl.reference_check import FixtureRunner, main
+from unimedvl.tools.reference_check import FixtureRunner, main
 
 
 def test_every_fixture_case_matches_the_reference(fixture_dir: Path) -> None:
@@ -69,7 +69,7 @@ def test_reference_check_reports_an_unreadable_folder(tmp_path: Path, capsys) ->
 
 def test_bf16_weights_fp32_compute_stays_close(fixture_dir: Path) -> None:
     # The fixture stores bf16 weights; loading them as bf16 storage (CPU computes in fp32) is exact.
-    from unimedvl.engine import UniMedVL
+    from unimedvl.inference.engine import UniMedVL
 
     fp32 = UniMedVL.from_pretrained(fixture_dir, dtype="float32")
     bf16 = UniMedVL.from_pretrained(fixture_dir, dtype="bfloat16")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from unimedvl.errors import InputError
-from unimedvl.sampling import GuidanceOptions, combine_guidance, flow_schedule, guidance_active, sample_flow
+from unimedvl.model.sampling import GuidanceOptions, combine_guidance, flow_schedule, guidance_active, sample_flow
 
 
 def test_schedule_matches_the_reference_formula() -> None:

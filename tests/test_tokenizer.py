@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from unimedvl.errors import CheckpointError
-from unimedvl.tokenizer import TextTokenizer
+from unimedvl.text.tokenizer import TextTokenizer
 
 PROMPTS = ["Describe the findings in this chest X-ray.", "Convert this H&E stain to a HER2 IHC stain.",
            "  two  spaces\nand a newline 123 ", "<|im_start|>raw special<|im_end|>", "Café ﬁ naïve"]

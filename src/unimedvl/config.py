@@ -9,6 +9,10 @@ overrides are explicit defaults here (the reference loaders of BAGEL / UniMedVL)
 * VAE: FLUX autoencoder hyperparameters, hard-coded in the reference; a fixture may carry its own
   `vae_config.json`.
 * Unified: 70 ViT patches per side, 64 latent tokens per side, 2x2 latent patches.
+
+:class:`ImageConfig` is how images were sized when a model was trained (`image_config.json`,
+written by a training export): inference must size its inputs and outputs the same way. A
+released checkpoint has none and gets the reference scripts' rules (:meth:`ImageConfig.reference`).
 """
 
 from __future__ import annotations
@@ -42,15 +46,9 @@ def _check_positive(obj: Any, *names: str) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path.name} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path.name} must hold a JSON object")
-    return data
+    from unimedvl.utils.files import read_json_object
+
+    return read_json_object(path, "config file")
 
 
 def _pick(data: dict[str, Any], mapping: dict[str, str], source: str) -> dict[str, Any]:
@@ -273,7 +271,7 @@ class UnifiedConfig:
 
     def save_to_dir(self, folder: str | Path) -> None:
         """Write the three JSON files in the released layout (plus vae_config.json)."""
-        from unimedvl.io_utils import atomic_write_text
+        from unimedvl.utils.files import atomic_write_text
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -281,3 +279,88 @@ class UnifiedConfig:
                            ("vit_config.json", self.vit.to_json_dict()),
                            ("vae_config.json", self.vae.to_json_dict())):
             atomic_write_text(folder / name, json.dumps(data, indent=2) + "\n")
+
+
+REFERENCE_MAX_PIXELS = 14 * 14 * 9 * 1024  # 1,806,336: the reference resize rules' pixel budget
+
+
+@dataclass(frozen=True)
+class ResizeBounds:
+    """One resize rule's bounds: long side at most `max_size`, short side at least `min_size`,
+    at most `max_pixels` (the stride, patch or latent cell, comes from the model config)."""
+
+    max_size: int
+    min_size: int
+    max_pixels: int = REFERENCE_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        for name in ("max_size", "min_size", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ResizeBounds.{name} must be a positive integer, got {value!r}")
+        if self.min_size > self.max_size:
+            raise ConfigError(f"ResizeBounds: min_size {self.min_size} exceeds max_size {self.max_size}")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """How a model sizes images: the ViT input for questions and for generation contexts, the VAE
+    input (editing), and the side of a generated image when none is asked for."""
+
+    understanding_vit: ResizeBounds
+    generation_vit: ResizeBounds
+    vae: ResizeBounds
+    default_size: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.default_size, bool) or not isinstance(self.default_size, int) or self.default_size < 1:
+            raise ConfigError(f"ImageConfig.default_size must be a positive integer, got {self.default_size!r}")
+
+    @classmethod
+    def reference(cls) -> "ImageConfig":
+        """The rules of the released UniMedVL scripts (VQA ViT, generator ViT and VAE transforms), 1024 px output."""
+        return cls(understanding_vit=ResizeBounds(980, 378, 2_007_040), generation_vit=ResizeBounds(980, 387),
+                   vae=ResizeBounds(1024, 32), default_size=1024)
+
+    @classmethod
+    def trained(cls, *, vit_max: int, vit_min: int, vae_max: int, vae_min: int) -> "ImageConfig":
+        """One ViT range for every use and one VAE range, as a training recipe sets them; output at `vae_max`."""
+        vit = ResizeBounds(vit_max, vit_min)
+        return cls(understanding_vit=vit, generation_vit=vit, vae=ResizeBounds(vae_max, vae_min), default_size=vae_max)
+
+    _JSON_KEYS = ("vae_max", "vae_min", "vit_max", "vit_min", "default_size")
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any], source: str = "image_config.json") -> "ImageConfig":
+        unknown = sorted(set(data) - set(cls._JSON_KEYS))
+        missing = [k for k in cls._JSON_KEYS if k not in data]
+        if unknown or missing:
+            raise ConfigError(f"{source}: expected the keys {', '.join(cls._JSON_KEYS)}"
+                              + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                              + (f"; missing: {', '.join(missing)}" if missing else ""))
+        try:
+            config = cls.trained(vit_max=data["vit_max"], vit_min=data["vit_min"], vae_max=data["vae_max"],
+                                 vae_min=data["vae_min"])
+            return dataclasses.replace(config, default_size=data["default_size"])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The `image_config.json` form: one ViT range and one VAE range with the reference pixel budget."""
+        vit = self.understanding_vit
+        if self.generation_vit != vit or {vit.max_pixels, self.vae.max_pixels} != {REFERENCE_MAX_PIXELS}:
+            raise ConfigError("image_config.json holds one ViT range and the reference pixel budget; "
+                              "this ImageConfig has more than that")
+        return {"vae_max": self.vae.max_size, "vae_min": self.vae.min_size, "vit_max": vit.max_size,
+                "vit_min": vit.min_size, "default_size": self.default_size}
+
+    @classmethod
+    def from_checkpoint_dir(cls, folder: str | Path) -> "ImageConfig":
+        """The folder's `image_config.json`, or the reference rules when it has none (a released checkpoint)."""
+        path = Path(folder) / "image_config.json"
+        return cls.from_json_dict(_read_json(path)) if path.is_file() else cls.reference()
+
+    def save_to_dir(self, folder: str | Path) -> None:
+        from unimedvl.utils.files import atomic_write_text
+
+        atomic_write_text(Path(folder) / "image_config.json", json.dumps(self.to_json_dict(), indent=2) + "\n")

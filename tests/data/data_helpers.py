@@ -40,3 +40,18 @@ def copy_images(dst: Path, names: list[str]) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copy(SAMPLE_DATA / "msd-nih-slices" / name, dst / name)
+
+
+def plan_kinds(sample) -> list[tuple]:  # noqa: ANN001
+    """A sample's packed segments through the one mapping (`train.packer.plan_sample`), as short tuples:
+    ("text", loss), ("vit",) or ("latent", noisy)."""
+    from unimedvl.assets import REFERENCE_TINY
+    from unimedvl.config import ImageConfig, UnifiedConfig
+    from unimedvl.model.packing import TextSegment, VitSegment
+    from unimedvl.text.tokenizer import TextTokenizer
+    from unimedvl.train.packer import plan_sample
+
+    sizes = ImageConfig.trained(vit_max=56, vit_min=28, vae_max=64, vae_min=32)
+    segments = plan_sample(sample, TextTokenizer.from_dir(REFERENCE_TINY), sizes, UnifiedConfig.tiny())
+    return [("text", s.loss) if isinstance(s, TextSegment) else ("vit",) if isinstance(s, VitSegment)
+            else ("latent", s.noisy) for s in segments]

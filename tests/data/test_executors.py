@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from data_helpers import small_sources, write_config
+
 from unimedvl.cli import main
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 
@@ -14,11 +16,10 @@ def test_ray_local_and_serial_builds_agree(tmp_path: Path) -> None:
     config_path = write_config(tmp_path, small_sources(limit=100), chunk_size=50)
     manifests = []
     for name, executor, workers in (("serial", "local", 1), ("pool", "local", 2), ("ray", "ray", 2)):
-        config = BuildConfig.from_yaml(config_path)
-        config.executor = executor
+        config = replace(BuildConfig.from_yaml(config_path), executor=executor)
         manifests.append(build_corpus(config, tmp_path / name, workers=workers, log=lambda m: None))
     assert manifests[0] == manifests[1] == manifests[2]
-    assert manifests[0]["total"] > 100
+    assert manifests[0].total > 100
 
 
 def test_cli_data_build_and_errors(tmp_path: Path, capsys) -> None:

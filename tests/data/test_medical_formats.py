@@ -8,9 +8,9 @@ import nibabel
 import numpy as np
 import pyarrow.parquet as pq
 import pydicom
+from data_helpers import write_config
 from pydicom.data import get_testdata_file
 
-from data_helpers import write_config
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 from unimedvl.data.storage import iter_samples
 
@@ -51,7 +51,7 @@ def test_dicom_is_deidentified_and_bad_files_are_counted(tmp_path: Path, capsys)
     manifest = build_corpus(BuildConfig.from_yaml(config), out, log=print)
     samples = list(iter_samples(out))
     assert {s.modality for s in samples} == {"ct", "mri"}
-    assert manifest["qc"]["input_errors"] == 1  # the truncated file, reported and skipped
+    assert manifest.origin["qc"]["input_errors"] == 1  # the truncated file, reported and skipped
     assert "truncated.dcm" not in (out / "qc/stage1.md").read_text()  # error lines name pseudonyms, not paths
     assert "unreadable or truncated DICOM" in (out / "qc/stage1.md").read_text()
     written = _all_output_text(out) + capsys.readouterr().err.encode() + capsys.readouterr().out.encode()
@@ -70,7 +70,7 @@ def test_nifti_slices(tmp_path: Path) -> None:
     out = tmp_path / "out"
     manifest = build_corpus(BuildConfig.from_yaml(config), out, log=lambda m: None)
     samples = list(iter_samples(out))
-    assert manifest["sources"]["t1"]["records"] == 3
+    assert manifest.origin["sources"]["t1"]["records"] == 3
     assert {s.provenance["slice"] for s in samples} == {5, 12, 18} or len({s.provenance["slice"] for s in samples}) == 3
     assert all(s.images()[0].format == "png" for s in samples)
 

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from data_helpers import SAMPLE_DATA, write_config
+
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 from unimedvl.data.qc.coarse import CoarseLimits, check_text, near_duplicate_pairs
 from unimedvl.data.qc.review import ReviewStore, agreement_report, cohen_kappa, fleiss_kappa, make_server
@@ -63,9 +63,9 @@ def test_llm_judge_scores_thresholds_and_caches(tmp_path: Path, judge_url: str) 
     asked = len(FakeJudge.requests)
     assert asked > 0 and FakeJudge.requests[0]["model"] == "medgemma-27b"
     assert "physician" in FakeJudge.requests[0]["messages"][0]["content"]
-    rejected = manifest["qc"]["stage2_rejected"].get("alignment_below_threshold:llm_judge", 0)
+    rejected = manifest.origin["qc"]["stage2_rejected"].get("alignment_below_threshold:llm_judge", 0)
     # The modality questions never mention pneumonia: graded 2 -> 0.25 < 0.5; the finding questions are kept.
-    assert rejected == 20 and manifest["total"] == 40
+    assert rejected == 20 and manifest.total == 40
     stage2 = json.loads((out / "qc/stage2.json").read_text())
     assert "llm_judge" in stage2["scores"]["chest_xray"]
     # A fresh build in another folder that shares the cache file asks nothing new.

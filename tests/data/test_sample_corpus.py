@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+from data_helpers import plan_kinds
 
 from unimedvl.cli import main
+from unimedvl.data.manifest import Manifest
 from unimedvl.data.schema import SCHEMA_VERSION, Sample
 from unimedvl.data.storage import iter_samples, sha256_file
 
@@ -14,14 +16,15 @@ from unimedvl.data.storage import iter_samples, sha256_file
 def test_manifest_counts_and_checksums(sample_corpus) -> None:
     out, manifest = sample_corpus
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk == manifest and manifest["schema"] == SCHEMA_VERSION
-    assert set(manifest["counts"]["modality"]) == {"chest_xray", "ct", "mri", "oct", "ultrasound"}
-    assert {"vqa", "caption", "text_to_image", "super_resolution"} <= set(manifest["counts"]["task"])
-    assert sum(manifest["counts"]["modality"].values()) == manifest["total"] == sum(s["rows"] for s in manifest["shards"])
-    for shard in manifest["shards"]:
-        assert sha256_file(out / shard["path"]) == shard["sha256"]
-        assert pq.ParquetFile(out / shard["path"]).metadata.num_rows == shard["rows"]
-    assert manifest["total"] > 20000
+    assert on_disk == manifest.to_json_dict() and manifest.schema == SCHEMA_VERSION
+    assert Manifest.read(out) == manifest
+    assert set(manifest.counts["modality"]) == {"chest_xray", "ct", "mri", "oct", "ultrasound"}
+    assert {"vqa", "caption", "text_to_image", "super_resolution"} <= set(manifest.counts["task"])
+    assert sum(manifest.counts["modality"].values()) == manifest.total == sum(s.rows for s in manifest.shards)
+    for shard in manifest.shards:
+        assert sha256_file(out / shard.path) == shard.sha256
+        assert pq.ParquetFile(out / shard.path).metadata.num_rows == shard.rows
+    assert manifest.total > 20000
 
 
 def test_reports_card_and_review_sample_exist(sample_corpus) -> None:
@@ -43,9 +46,8 @@ def test_samples_round_trip_and_map_onto_training_plans(sample_corpus) -> None:
     for sample in iter_samples(out, "val"):
         seen_tasks.setdefault(sample.task, sample)
     vqa, t2i = seen_tasks["vqa"], seen_tasks["text_to_image"]
-    assert [p["split"] for p in vqa.training_plan()] == ["vit_image", "text", "text"]
-    assert [p["loss"] for p in vqa.training_plan()] == [False, False, True]
-    assert t2i.training_plan() == [{"split": "text", "loss": False}, {"split": "vae_image", "loss": True, "noisy": True}]
+    assert plan_kinds(vqa) == [("vit",), ("text", False), ("text", True)]
+    assert plan_kinds(t2i) == [("text", False), ("latent", True)]
     assert Sample.from_row(vqa.to_row()) == vqa
     assert vqa.template_made and vqa.split == "val"
 
@@ -66,24 +68,28 @@ def test_second_run_reuses_chunks_and_gives_the_same_manifest(sample_corpus, cap
     assert main(["data", "build", "--sample", "--out", str(out), "--workers", "1"]) == 0
     err = capsys.readouterr().err
     assert "0 to build" in err and "reused" in err
-    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert Manifest.read(out) == manifest
 
 
 def test_training_plans_pack_with_the_models_layout_rules(sample_corpus) -> None:
-    """A sample's plan maps one-to-one onto PackBuilder splits (the rules the model and trainer share)."""
-    from unimedvl.model.packing import PackBuilder, SplitKind
+    """A sample's segments map one-to-one onto pack splits (the rules the model and trainer share)."""
+    from unimedvl.assets import REFERENCE_TINY
+    from unimedvl.config import ImageConfig, UnifiedConfig
+    from unimedvl.model.packing import LatentSegment, PackBuilder, SplitKind, split_kind
+    from unimedvl.text.tokenizer import TextTokenizer
+    from unimedvl.train.packer import plan_sample
 
     out, _ = sample_corpus
+    tokenizer = TextTokenizer.from_dir(REFERENCE_TINY)
+    sizes = ImageConfig.trained(vit_max=56, vit_min=28, vae_max=64, vae_min=32)
     for sample in iter_samples(out, "test"):
-        builder = PackBuilder()
-        for step in sample.training_plan():
-            if step["split"] == "text":
-                builder.add_text(5)
-            else:
-                builder.add_image(4, vae=step["split"] == "vae_image", noisy=step.get("noisy", False))
-        layout = builder.build()
+        segments = plan_sample(sample, tokenizer, sizes, UnifiedConfig.tiny())
+        builder = PackBuilder(tokenizer.special)
+        for segment in segments:
+            builder.add(segment)
+        layout = builder.build().layout
         per_split = [SplitKind(int(layout.split_kinds[layout.split_ids == i][0])) for i in layout.split_ids.unique().tolist()]
-        expected = [SplitKind.CAUSAL if p["split"] == "text" else SplitKind.NOISE if p.get("noisy") else SplitKind.FULL
-                    for p in sample.training_plan()]
-        assert per_split == expected
-        assert int(layout.gen_expert.sum()) == 4 * sum(p["split"] == "vae_image" for p in sample.training_plan())
+        assert per_split == [split_kind(s) for s in segments]
+        assert SplitKind.NOISE in per_split if sample.family == "generation" else True
+        latent_tokens = sum(s.num_tokens - 2 for s in segments if isinstance(s, LatentSegment))
+        assert int(layout.gen_expert.sum()) == latent_tokens

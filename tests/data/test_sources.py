@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import SAMPLE_DATA, copy_images, plan_kinds, write_config
 from PIL import Image
 
-from data_helpers import SAMPLE_DATA, copy_images, write_config
+from unimedvl.data.manifest import Manifest
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 from unimedvl.data.storage import iter_samples
 from unimedvl.errors import ConfigError
@@ -20,7 +21,7 @@ CT = ["ct_abdomen_msd_0.png", "ct_abdomen_msd_1.png"]
 CXR = ["cxr_nih_0.png", "cxr_nih_1.png"]
 
 
-def _build(tmp_path: Path, sources: list[dict], **extra) -> tuple[Path, dict]:  # noqa: ANN003
+def _build(tmp_path: Path, sources: list[dict], **extra) -> tuple[Path, Manifest]:  # noqa: ANN003
     config = write_config(tmp_path, sources, **extra)
     out = tmp_path / "out"
     return out, build_corpus(BuildConfig.from_yaml(config), out, log=lambda m: None)
@@ -70,9 +71,9 @@ def test_unreadable_images_are_counted_and_the_build_goes_on(tmp_path: Path) -> 
     Image.new("L", (64, 64), 128).save(tmp_path / "folders" / "normal" / "blank.png")
     out, manifest = _build(tmp_path, [{"name": "cls", "adapter": "class_folder", "path": "folders", "licence": "x",
                                        "modality": "ct", "tasks": ["vqa", "caption"]}], splits={"train": 1.0})
-    assert manifest["sources"]["cls"]["errors"] == 1
-    assert manifest["qc"]["stage1_rejected"].get("image_blank", 0) >= 2  # the blank image's samples
-    assert manifest["total"] > 0 and "broken.png" in (out / "qc/stage1.md").read_text()
+    assert manifest.origin["sources"]["cls"]["errors"] == 1
+    assert manifest.origin["qc"]["stage1_rejected"].get("image_blank", 0) >= 2  # the blank image's samples
+    assert manifest.total > 0 and "broken.png" in (out / "qc/stage1.md").read_text()
 
 
 def test_paired_and_segmentation_folders(tmp_path: Path) -> None:
@@ -96,8 +97,8 @@ def test_paired_and_segmentation_folders(tmp_path: Path) -> None:
     ], splits={"train": 1.0}, qc={"stage2": {"thresholds": {"default": 0.0}}})
     by_task = {s.task: s for s in iter_samples(out)}
     stain, seg = by_task["virtual_staining"], by_task["segmentation"]
-    assert [p["split"] for p in stain.training_plan()] == ["vae_image", "vit_image", "text", "vae_image"]
-    assert stain.training_plan()[-1]["noisy"] and "HER2 IHC" in stain.texts()[0]
+    assert plan_kinds(stain) == [("latent", False), ("vit",), ("text", False), ("latent", True)]
+    assert "HER2 IHC" in stain.texts()[0]
     assert "bright region" in seg.texts()[0] and seg.images()[1].format == "png"
 
 
@@ -108,7 +109,7 @@ def test_a_source_naming_a_missing_folder_is_reported_and_the_others_build(tmp_p
         {"name": "ok", "adapter": "class_folder", "path": "folders", "licence": "x", "modality": "chest_xray",
          "tasks": ["vqa"]},
     ], splits={"train": 1.0})
-    assert manifest["total"] > 0
+    assert manifest.total > 0
     stage1 = json.loads((out / "qc/stage1.json").read_text())
     assert stage1["input_errors"]["by_source"] == {"missing": 1}
     assert "source folder or file not found" in (out / "qc/stage1.md").read_text()
@@ -145,7 +146,7 @@ def test_alignment_scorer_rejects_a_grey_image_labelled_histopathology(tmp_path:
                                        "modality": "histopathology", "tasks": ["vqa"], "options": {"format": "pathvqa"}}],
                            splits={"train": 1.0})
     # The real QA pair names no modality and its image is grey: 0.5 * 0.5 + 0.5 * 0 = 0.25 < 0.5.
-    assert manifest["qc"]["stage2_rejected"] == {"alignment_below_threshold:modality_consistency": 1}
+    assert manifest.origin["qc"]["stage2_rejected"] == {"alignment_below_threshold:modality_consistency": 1}
     assert [s.template_made for s in iter_samples(out)] == [True]  # "Histopathology" answer: 0.5, kept
 
 
@@ -163,11 +164,11 @@ def test_other_paired_tasks(tmp_path: Path, task: str) -> None:
                     splits={"train": 1.0}, qc={"stage2": {"thresholds": {"default": 0.0}}})
     samples = [s for s in iter_samples(out) if s.task == task]
     assert len(samples) == 2
-    plan = samples[0].training_plan()
+    plan = plan_kinds(samples[0])
     if task == "counterfactual":
-        assert "a liver lesion" in samples[0].texts()[0] and plan[-1] == {"split": "text", "loss": True}
+        assert "a liver lesion" in samples[0].texts()[0] and plan[-1] == ("text", True)
     else:
-        assert "FLAIR" in samples[0].texts()[0] and plan[-1]["noisy"]
+        assert "FLAIR" in samples[0].texts()[0] and plan[-1] == ("latent", True)
 
 
 def test_image_report_tables_in_the_iu_xray_layout(tmp_path: Path) -> None:
@@ -187,7 +188,7 @@ def test_image_report_tables_in_the_iu_xray_layout(tmp_path: Path) -> None:
                        "Findings: The heart is enlarged. Impression: Cardiomegaly."}
     t2i = [s for s in iter_samples(out) if s.task == "text_to_image"]
     assert any("Cardiomegaly." in s.texts()[0] for s in t2i) and not any(s.template_made for s in t2i)
-    assert manifest["sources"]["iu"]["errors"] == 1  # the empty report (lateral views are not used)
+    assert manifest.origin["sources"]["iu"]["errors"] == 1  # the empty report (lateral views are not used)
 
 
 def test_a_source_wide_label_gives_paired_and_mask_sets_captions_and_prompts(tmp_path: Path) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data_helpers import plan_kinds
 from test_qc import FakeJudge, judge_url  # noqa: F401  (the local OpenAI-compatible stand-in)
+
 from unimedvl.assets import REFERENCE_TINY
 from unimedvl.cli import main
+from unimedvl.data.distillation import EndpointTeacher, LocalModelTeacher, with_caption, with_reasoning
 from unimedvl.data.storage import iter_samples
-from unimedvl.data.transforms import (EndpointTeacher, LocalModelTeacher, VLM_THINK_SYSTEM_PROMPT, with_caption, with_reasoning)
+from unimedvl.text.prompts import VLM_THINK_SYSTEM_PROMPT
 
 
 def test_label_teacher_corpus(sample_corpus, tmp_path: Path) -> None:
@@ -23,7 +26,7 @@ def test_label_teacher_corpus(sample_corpus, tmp_path: Path) -> None:
     assert cot.items[0].role == "system" and cot.items[0].text == VLM_THINK_SYSTEM_PROMPT
     answer = cot.items[-1].text
     assert answer.startswith("<think> ") and " </think> " in answer and cot.template_made
-    assert cot.provenance["teacher"] == "labels" and cot.training_plan()[0] == {"split": "text", "loss": False}
+    assert cot.provenance["teacher"] == "labels" and plan_kinds(cot)[0] == ("text", False)
     original = manifest["counts"]["task"]["vqa"]
     assert original > manifest["counts"]["transform"]["chain_of_thought"]  # originals kept
 
@@ -43,7 +46,9 @@ def test_endpoint_teacher_is_cached(sample_corpus, tmp_path: Path, judge_url: st
 
 def test_local_model_teacher_sees_the_image(sample_corpus) -> None:
     corpus, _ = sample_corpus
-    teacher = LocalModelTeacher(REFERENCE_TINY, max_new_tokens=4)
+    from unimedvl.inference.engine import UniMedVL
+
+    teacher = LocalModelTeacher(UniMedVL.from_pretrained(REFERENCE_TINY), "reference-tiny", max_new_tokens=4)
     t2i = next(s for s in iter_samples(corpus, "val") if s.task == "text_to_image")
     made = with_caption(t2i, teacher)
     assert made is not None and made.items[0].text.startswith(t2i.items[0].text + "\n")

@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 
 from unimedvl.assets import REFERENCE_TINY
+from unimedvl.config import UnifiedConfig
 from unimedvl.errors import ConfigError
-from unimedvl.tokenizer import TextTokenizer
+from unimedvl.text.tokenizer import TextTokenizer
 from unimedvl.train.config import DataConfig, TrainConfig
-from unimedvl.train.data import CorpusIndex, PackMaker
+from unimedvl.train.packer import CorpusIndex, PackMaker
 
 
 def _sources_drawn(index: CorpusIndex, balance: float, packs: int = 40) -> Counter:
     config = DataConfig(mix={"understanding": 1.0}, tokens_per_pack=160, max_tokens_per_sample=200,
                         source_balance=balance)
-    maker = PackMaker(index, TextTokenizer.from_dir(REFERENCE_TINY), config, seed=0)
+    maker = PackMaker(index, TextTokenizer.from_dir(REFERENCE_TINY), config, UnifiedConfig.tiny(), seed=0)
     source_of = {s.id: s.source for s in index.by_family["understanding"]}
     drawn: Counter = Counter()
     for i in range(packs):
@@ -52,7 +53,7 @@ def test_source_balance_per_family(train_corpus: Path) -> None:
     index = CorpusIndex(train_corpus)
     maker = PackMaker(index, TextTokenizer.from_dir(REFERENCE_TINY),
                       DataConfig(mix={"understanding": 1.0}, tokens_per_pack=160, max_tokens_per_sample=200,
-                                 source_balance={"understanding": 0.0, "generation": 1.0}), seed=0)
+                                 source_balance={"understanding": 0.0, "generation": 1.0}), UnifiedConfig.tiny(), seed=0)
     assert maker.sources["understanding"][1] == [1.0, 1.0]  # the understanding family's own balance
     # A recipe writes it as a YAML mapping; it survives the round trip through the recipe loader.
     raw = TrainConfig().to_dict()

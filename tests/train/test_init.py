@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
 from train_helpers import write_recipe
+
 from unimedvl.assets import REFERENCE_TINY
 from unimedvl.train.config import ModelInit, TrainConfig
 from unimedvl.train.init import build_for_training
@@ -58,7 +58,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path: Pa
     results = []
     for checkpointing in (False, True):
         trainer.model.zero_grad(set_to_none=True)
-        sums = pack_losses(trainer.model, trainer.vae, pack, trainer.tokenizer.special, timestep_shift=1.0,
+        sums = pack_losses(trainer.model, trainer.vae, pack, timestep_shift=1.0,
                            checkpoint_layers=checkpointing)
         (sums.ce_sum + sums.mse_sum).backward()
         grad = trainer.model.get_parameter("language_model.model.layers.0.self_attn.q_proj.weight").grad.clone()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from train_helpers import REPO
+
 from unimedvl.assets import SAMPLE_CORPUS_CONFIG
 
 FILES = ("ema.safetensors", "ae.safetensors", "tokenizer.json", "llm_config.json", "vae_config.json", "image_config.json")

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_helpers import REPO, write_recipe
+
 from unimedvl.errors import ConfigError
 from unimedvl.train.config import TrainConfig
-from unimedvl.train.trainer import Trainer, lr_factor
+from unimedvl.train.schedule import lr_factor
+from unimedvl.train.trainer import Trainer
 
 
 def _losses(run: Path) -> list[dict]:
@@ -105,7 +106,7 @@ def test_sigkill_and_resume_give_the_same_loss_curve(tmp_path: Path, train_corpu
 
 
 def test_export_loads_and_freezing(tmp_path: Path, train_corpus: Path) -> None:
-    from unimedvl.engine import UniMedVL
+    from unimedvl.inference.engine import UniMedVL
 
     recipe = write_recipe(tmp_path, train_corpus, total_steps=2, save_every=2, freeze_und=True)
     trainer = Trainer(TrainConfig.from_yaml(recipe))

@@ -7,8 +7,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from unimedvl.data.manifest import Manifest
 from unimedvl.data.schema import TASK_FAMILY, TASKS
-from unimedvl.io_utils import atomic_write_bytes, atomic_write_text
+from unimedvl.utils.files import atomic_write_bytes, atomic_write_text
 
 INTERLEAVED_WITHOUT_DATA_NOTE = {
     "counterfactual": "needs pairs of the same patient with and without a finding; no such pairs are in this corpus's sources",
@@ -97,12 +98,12 @@ def write_qc_reports(out: Path, config: Any, stats: dict[str, Any], errors: list
     atomic_write_text(qc / "stage2.md", "\n".join(lines) + "\n")
 
 
-def write_card(out: Path, manifest: dict[str, Any], image_sizes: list[tuple[str, int, int]], stats: dict[str, Any],
+def write_card(out: Path, manifest: Manifest, image_sizes: list[tuple[str, int, int]], stats: dict[str, Any],
                config: Any) -> None:
     from unimedvl.data.qc.review import agreement_report
 
     plots = out / "plots"
-    counts = manifest["counts"]
+    counts = manifest.counts
     if counts["modality"]:
         _bar(plots / "modality.png", counts["modality"], "samples per modality")
         _bar(plots / "task.png", counts["task"], "samples per task")
@@ -123,9 +124,10 @@ def write_card(out: Path, manifest: dict[str, Any], image_sizes: list[tuple[str,
         _plot(plots / "resolution.png", draw)
     review = agreement_report(out)
     present = set(counts["task"])
-    lines = [f"# Dataset card: {manifest['name']}", "",
-             f"{manifest['total']} samples (schema `{manifest['schema']}`) built by `unimedvl data build` from "
-             f"{len(manifest['sources'])} source(s). Splits are by patient / study group, with no image shared "
+    sources = manifest.origin["sources"]
+    lines = [f"# Dataset card: {manifest.name}", "",
+             f"{manifest.total} samples (schema `{manifest.schema}`) built by `unimedvl data build` from "
+             f"{len(sources)} source(s). Splits are by patient / study group, with no image shared "
              "between train and val/test.", "",
              "## Counts", "", "| split | samples |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in counts["split"].items()]
@@ -135,7 +137,7 @@ def write_card(out: Path, manifest: dict[str, Any], image_sizes: list[tuple[str,
     lines += ["", "![modality](plots/modality.png) ![task](plots/task.png)", "", "## Image resolution", "",
               "![resolution](plots/resolution.png)", "", "## Sources and licences", "",
               "| source | adapter | licence | redistributable | records | unreadable inputs |", "|---|---|---|---|---|---|"]
-    for name, s in manifest["sources"].items():
+    for name, s in sources.items():
         lines.append(f"| {name} | {s['adapter']} | {s['licence']} | {'yes' if s['redistributable'] else 'no'} | "
                      f"{s['records']} | {s['errors']} |")
     missing = [t for t in TASKS if t not in present]

@@ -21,7 +21,6 @@ import os
 import secrets
 import sys
 import time
-from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,23 +28,26 @@ from typing import Any, Callable
 
 import pyarrow.parquet as pq
 
+from unimedvl.data.manifest import Manifest, ShardInfo
 from unimedvl.data.qc.alignment import build_scorers
 from unimedvl.data.qc.coarse import CoarseLimits, check_sample
 from unimedvl.data.qc.global_checks import GlobalQC
-from unimedvl.data.schema import SCHEMA_VERSION, arrow_schema
+from unimedvl.data.schema import SCHEMA_VERSION
 from unimedvl.data.sources.base import RecordError, SourceConfig, build_adapter
-from unimedvl.data.storage import candidate_schema, sha256_file, write_parquet_atomic
+from unimedvl.data.storage import ShardWriter, candidate_schema, write_parquet_atomic
 from unimedvl.data.tasks import BuildContext, build_samples
 from unimedvl.errors import ConfigError
-from unimedvl.io_utils import atomic_write_text, read_yaml_mapping
+from unimedvl.utils.files import atomic_write_text, read_yaml_mapping
 
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildConfig:
+    """A build, as its YAML file states it (frozen; what a run finds out is returned, not stored here)."""
+
     name: str
-    sources: list[SourceConfig]
+    sources: tuple[SourceConfig, ...]
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     seed: int = 0
     deid_salt: str | None = None
@@ -56,7 +58,6 @@ class BuildConfig:
     stage1: CoarseLimits = field(default_factory=CoarseLimits)
     stage2: dict[str, Any] = field(default_factory=dict)
     stage3: dict[str, Any] = field(default_factory=dict)
-    source_errors: list[dict[str, str]] = field(default_factory=list)
     config_sha256: str = ""
 
     @classmethod
@@ -89,7 +90,7 @@ class BuildConfig:
         executor = data.get("executor", "local")
         if executor not in ("local", "ray"):
             raise ConfigError(f"{path.name}: executor must be 'local' or 'ray'")
-        return cls(name=str(data.get("name", path.stem)), sources=sources, splits=splits, seed=int(data.get("seed", 0)),
+        return cls(name=str(data.get("name", path.stem)), sources=tuple(sources), splits=splits, seed=int(data.get("seed", 0)),
                    deid_salt=data.get("deid_salt"), chunk_size=int(data.get("chunk_size", 256)),
                    shard_rows=int(data.get("shard_rows", 2000)), workers=int(data.get("workers", 0)),
                    executor=executor, stage1=limits, stage2=dict(qc.get("stage2") or {}),
@@ -171,11 +172,16 @@ def _label_set(source: SourceConfig, refs: list[Any]) -> tuple[str, ...]:
     return ()
 
 
-def plan_chunks(config: BuildConfig, work_dir: Path, log: Callable[[str], None]) -> list[ChunkJob]:
-    jobs = []
+def plan_chunks(config: BuildConfig, work_dir: Path, log: Callable[[str], None], *, salt: str = ""
+                ) -> tuple[list[ChunkJob], list[dict[str, str]]]:
+    """The chunk jobs of every readable source, and one error record per source that cannot be read.
+
+    `salt` keys the pseudonyms of DICOM / NIfTI identifiers (see `build_corpus`).
+    """
+    jobs, errors = [], []
     for source in config.sources:
         if source.adapter in ("dicom", "nifti"):
-            source = replace(source, options={**source.options, "deid_salt": config.deid_salt})
+            source = replace(source, options={**source.options, "deid_salt": salt})
         try:
             if not source.path.exists():
                 raise RecordError(f"source folder or file not found: {source.path}")
@@ -183,14 +189,14 @@ def plan_chunks(config: BuildConfig, work_dir: Path, log: Callable[[str], None])
             if source.limit is not None:
                 refs = refs[: source.limit]
         except RecordError as exc:  # a malformed annotation file stops this source only
-            config.source_errors.append({"source": source.name, "ref": "(source)", "error": str(exc)})
+            errors.append({"source": source.name, "ref": "(source)", "error": str(exc)})
             log(f"source {source.name}: {exc}")
             continue
         labels = _label_set(source, refs)
         for index in range(math.ceil(len(refs) / config.chunk_size)):
             chunk = refs[index * config.chunk_size:(index + 1) * config.chunk_size]
             jobs.append(ChunkJob(source, index, chunk, config.stage1, config.stage2, labels, str(work_dir)))
-    return jobs
+    return jobs, errors
 
 
 def run_chunks(jobs: list[ChunkJob], workers: int, executor: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -264,26 +270,13 @@ def global_qc(jobs: list[ChunkJob], config: BuildConfig, work_dir: Path) -> tupl
 
 # ------------------------------------------------------------------ phase C
 def write_shards(jobs: list[ChunkJob], out: Path, qc: GlobalQC, shard_rows: int
-                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    schema = arrow_schema()
-    buffers: dict[str, list[dict]] = defaultdict(list)
-    counters: dict[str, int] = Counter()
-    shards: list[dict[str, Any]] = []
-    counts: dict[str, Counter] = {k: Counter() for k in ("modality", "task", "family", "split", "source")}
+                 ) -> tuple[tuple[ShardInfo, ...], dict[str, Any]]:
+    """Stream the accepted candidates into split shards; returns the shards, counts and image sizes seen."""
+    writer = ShardWriter(out, shard_rows)
     image_sizes: list[tuple[str, int, int]] = []
     data_dir = out / "data"
     for old in sorted(data_dir.glob("*/shard-*.parquet")) if data_dir.exists() else []:
         old.unlink()  # shards are rebuilt from the candidates (deterministically)
-
-    def flush(split: str) -> None:
-        rows = buffers.pop(split, [])
-        if not rows:
-            return
-        path = data_dir / split / f"shard-{counters[split]:05d}.parquet"
-        counters[split] += 1
-        write_parquet_atomic(path, rows, schema)
-        shards.append({"path": str(path.relative_to(out)), "split": split, "rows": len(rows), "sha256": sha256_file(path)})
-
     for job in jobs:
         parquet = pq.ParquetFile(job.path)
         for batch in parquet.iter_batches(batch_size=256):
@@ -297,19 +290,12 @@ def write_shards(jobs: list[ChunkJob], out: Path, qc: GlobalQC, shard_rows: int
                 row.pop("qc_reasons")
                 row["split"] = split
                 row["qc"] = json.dumps({"scores": metrics.get("scores", {}), "dhash": metrics.get("dhash")}, sort_keys=True)
-                buffers[split].append(row)
-                for key in ("modality", "task", "family", "source"):
-                    counts[key][row[key]] += 1
-                counts["split"][split] += 1
                 first = next((it for it in row["items"] if it["image"] is not None), None)
                 if first is not None and len(image_sizes) < 20000:
                     image_sizes.append((row["modality"], first["image_width"], first["image_height"]))
-                if len(buffers[split]) >= shard_rows:
-                    flush(split)
-    for split in sorted(buffers):
-        flush(split)
-    shards.sort(key=lambda s: s["path"])
-    return shards, {"counts": {k: dict(sorted(v.items())) for k, v in counts.items()}, "image_sizes": image_sizes}
+                writer.add(row)
+    shards = writer.close()
+    return shards, {"counts": writer.sorted_counts(), "image_sizes": image_sizes}
 
 
 # ------------------------------------------------------------------ driver
@@ -323,8 +309,8 @@ def _salt(config: BuildConfig, work: Path) -> str:
 
 
 def build_corpus(config: BuildConfig, out: str | Path, *, workers: int | None = None,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Build (or resume) a corpus in `out`. Returns the manifest."""
+                 log: Callable[[str], None] | None = None) -> Manifest:
+    """Build (or resume) a corpus in `out`. Returns its manifest (written last, after the shards)."""
     from unimedvl.data.card import write_card, write_qc_reports
     from unimedvl.data.qc.review import export_review_sample
 
@@ -332,9 +318,7 @@ def build_corpus(config: BuildConfig, out: str | Path, *, workers: int | None = 
     out = Path(out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    config.deid_salt = _salt(config, work)
-    config.source_errors = []
-    jobs = plan_chunks(config, work, log)
+    jobs, source_errors = plan_chunks(config, work, log, salt=_salt(config, work))
     n_workers = workers or config.workers or os.cpu_count() or 1
     summaries = run_chunks(jobs, n_workers, config.executor, log)
     qc, stats = global_qc(jobs, config, work)
@@ -342,7 +326,7 @@ def build_corpus(config: BuildConfig, out: str | Path, *, workers: int | None = 
         shards, written = write_shards(jobs, out, qc, config.shard_rows)
     finally:
         qc.close()
-    errors = config.source_errors + [e for s in summaries for e in s["errors"]]
+    errors = source_errors + [e for s in summaries for e in s["errors"]]
     per_source = {}
     for source in config.sources:
         mine = [s for s in summaries if s["source"] == source.name]
@@ -352,18 +336,17 @@ def build_corpus(config: BuildConfig, out: str | Path, *, workers: int | None = 
             "candidates": sum(s["samples"] for s in mine),
             "errors": sum(1 for e in errors if e["source"] == source.name),
         }
-    manifest = {
-        "schema": SCHEMA_VERSION, "name": config.name, "config_sha256": config.config_sha256,
-        "total": sum(s["rows"] for s in shards), "counts": written["counts"], "sources": per_source,
-        "qc": {"candidates": stats["candidates"], "input_errors": len(errors),
-               "stage1_rejected": dict(sorted(stats["stage1_rejected"].items())),
-               "duplicates_and_leakage": dict(sorted(stats["duplicates_and_leakage"].items())),
-               "stage2_rejected": dict(sorted(stats["stage2_rejected"].items()))},
-        "shards": shards,
-    }
+    manifest = Manifest(
+        schema=SCHEMA_VERSION, name=config.name, total=sum(s.rows for s in shards), counts=written["counts"],
+        shards=shards, origin={
+            "config_sha256": config.config_sha256, "sources": per_source,
+            "qc": {"candidates": stats["candidates"], "input_errors": len(errors),
+                   "stage1_rejected": dict(sorted(stats["stage1_rejected"].items())),
+                   "duplicates_and_leakage": dict(sorted(stats["duplicates_and_leakage"].items())),
+                   "stage2_rejected": dict(sorted(stats["stage2_rejected"].items()))}})
     write_qc_reports(out, config, stats, errors, per_source)
     export_review_sample(out, int(config.stage3.get("per_stratum", 5)), seed=config.seed)
     write_card(out, manifest, written["image_sizes"], stats, config)
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    log(f"built {manifest['total']} samples in {len(shards)} shards -> {out}")
+    manifest.write(out)
+    log(f"built {manifest.total} samples in {len(shards)} shards -> {out}")
     return manifest

@@ -1,17 +1,18 @@
-"""The corpus sample schema (versioned), and its one-to-one mapping onto what the trainer packs.
+"""The corpus sample schema (versioned), and how it maps onto the model's packed segments.
 
 A sample is an ordered list of items; each item is text or an image, with a role and a loss flag:
 
     Item(kind="text",  role="user"|"assistant"|"system", text=..., loss=bool)
     Item(kind="image", role=..., image=ImageRef, use="vit"|"vae"|"vae+vit", loss=bool)
 
-Mapping onto the packed sequence (model/packing.py):
-* text item           -> one causal text split; `loss` = cross-entropy on its tokens (assistant turns);
-* image, use="vit"    -> a ViT image split (understanding input, never a loss);
-* image, use="vae"    -> a VAE image split: `loss=True` means it is generated (noisy latents, MSE loss),
+Mapping onto the segments of a packed sequence (`model/packing.py`; the one implementation is
+`train/packer.py: plan_sample`, used by training and held-out evaluation):
+* text item           -> `TextSegment`; `loss` = cross-entropy on its tokens (assistant turns);
+* image, use="vit"    -> `VitSegment` (understanding input, never a loss);
+* image, use="vae"    -> `LatentSegment`: `loss=True` means it is generated (noisy latents, MSE loss),
                          `loss=False` a clean conditioning image;
-* image, use="vae+vit"-> a clean VAE split then a ViT split of the same image (editing inputs, as the
-                         reference inferencer feeds them).
+* image, use="vae+vit"-> a clean `LatentSegment` then a `VitSegment` of the same image (editing inputs,
+                         as the reference inferencer feeds them).
 """
 
 from __future__ import annotations
@@ -96,21 +97,6 @@ class Sample:
 
     def texts(self) -> list[str]:
         return [it.text for it in self.items if it.text is not None]
-
-    def training_plan(self) -> list[dict[str, Any]]:
-        """The packed splits this sample becomes, in order (the trainer consumes exactly this)."""
-        plan: list[dict[str, Any]] = []
-        for it in self.items:
-            if it.kind == "text":
-                plan.append({"split": "text", "loss": it.loss})
-            elif it.use == "vit":
-                plan.append({"split": "vit_image", "loss": False})
-            elif it.use == "vae":
-                plan.append({"split": "vae_image", "loss": it.loss, "noisy": it.loss})
-            else:
-                plan.append({"split": "vae_image", "loss": False, "noisy": False})
-                plan.append({"split": "vit_image", "loss": False})
-        return plan
 
     # ---------------------------------------------------------------- rows
     def to_row(self) -> dict[str, Any]:

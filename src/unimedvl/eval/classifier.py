@@ -28,7 +28,8 @@ from torch import nn
 
 from unimedvl.data.schema import MODALITIES
 from unimedvl.data.storage import iter_samples
-from unimedvl.images import load_image, to_tensor
+from unimedvl.imaging.pixels import load_image, to_tensor
+from unimedvl.train.schedule import cosine_factor
 
 SIZE = 64
 
@@ -120,7 +121,8 @@ def train_head(rows: list[Labelled], target: str, *, epochs: int = 8, width: int
     model = SmallCNN(classes, width=width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     batches_per_epoch = -(-len(rows) // 32)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * batches_per_epoch))
+    total = max(1, epochs * batches_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(min(1.0, step / total)))
     counts = torch.bincount(torch.tensor([getattr(d, target) for d in rows]), minlength=classes).float()
     weights = (counts.sum() / counts.clamp(min=1)) / classes
     rng = random.Random(seed)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from unimedvl.data.schema import MODALITIES
 from unimedvl.eval.classifier import SmallCNN, predict
-from unimedvl.sampling import GuidanceOptions
+from unimedvl.model.sampling import GuidanceOptions
 
 PROMPTS = {
     "chest_xray": ["A chest X-ray with pneumonia.", "A chest X-ray with no pneumonia."],

@@ -2,9 +2,9 @@
 
 * :class:`MLPconnector`: ViT features `[N, Dv]` -> LLM width `[N, H]` (fc1, gelu-tanh, fc2).
 * :class:`TimestepEmbedder`: flow time t in [0, 1] -> `[N, H]` via a 256-d sinusoid [cos | sin].
-* :class:`PositionEmbedding`: a frozen 2-D sin-cos table `[S*S, H]`, indexed by `row*S + col`.
-  It is a parameter (saved in the released checkpoint, bf16-rounded there), so it is loaded,
-  not recomputed; :func:`sincos_2d_table` rebuilds it when a checkpoint lacks it.
+* :class:`PositionEmbedding`: a fixed 2-D sin-cos table `[S*S, H]`, indexed by `row*S + col`.
+  It is a buffer under the released key name (`*.pos_embed`; saved in the checkpoint, bf16-rounded
+  there), so it is loaded, never trained; :func:`sincos_2d_table` rebuilds it when a checkpoint lacks it.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class PositionEmbedding(nn.Module):
     def __init__(self, max_per_side: int, hidden: int) -> None:
         super().__init__()
         self.max_per_side = max_per_side
-        self.pos_embed = nn.Parameter(torch.zeros(max_per_side * max_per_side, hidden), requires_grad=False)
+        self.register_buffer("pos_embed", torch.zeros(max_per_side * max_per_side, hidden))
 
     def reset_table(self) -> None:
         with torch.no_grad():

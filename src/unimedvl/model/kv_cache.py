@@ -87,36 +87,46 @@ class KVCache:
             fresh.filled = self.length
             self.store = fresh
 
-    def begin_block(self, num_tokens: int, *, commit: bool) -> bool:
-        """Prepare for one forward of `num_tokens` query tokens. Returns whether rows are written in place.
+    def open_block(self, num_tokens: int, *, commit: bool) -> "KVBlock":
+        """Prepare one forward of `num_tokens` query tokens over this context; returns where it writes.
 
         Committed blocks always write in place (copying our prefix first if the tail is shared).
-        Uncommitted blocks use scratch rows when we own the tail, otherwise a concatenation.
+        Uncommitted blocks use scratch rows past the end when we own the tail, otherwise a
+        concatenation; either way the context does not grow.
         """
         if commit:
             self.reserve(num_tokens)
-            return True
+            return KVBlock(self, in_place=True)
         if self.store.filled == self.length:
             self.store.ensure_capacity(self.length + num_tokens, keep=self.length)
-            return True
-        return False
-
-    def layer_kv(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, *, in_place: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values `[kv_heads, length + n, head_dim]` for attention, with `k_new` `[n, kv_heads, hd]`."""
-        n = k_new.shape[0]
-        k_new = k_new.transpose(0, 1).to(self.store.dtype)
-        v_new = v_new.transpose(0, 1).to(self.store.dtype)
-        if in_place:
-            end = self.length + n
-            self.store.keys[layer][:, self.length:end] = k_new
-            self.store.values[layer][:, self.length:end] = v_new
-            return self.store.keys[layer][:, :end], self.store.values[layer][:, :end]
-        k = torch.cat([self.store.keys[layer][:, : self.length], k_new], dim=1)
-        v = torch.cat([self.store.values[layer][:, : self.length], v_new], dim=1)
-        return k, v
+            return KVBlock(self, in_place=True)
+        return KVBlock(self, in_place=False)
 
     def commit(self, num_tokens: int, rope_advance: int) -> None:
+        """The block's rows become part of the context; the next split starts `rope_advance` positions later."""
         self.length += num_tokens
         self.store.filled = self.length
         self.rope += rope_advance
+
+
+@dataclass(frozen=True)
+class KVBlock:
+    """One forward's view of a context: each layer's keys/values are the context's plus the block's own."""
+
+    cache: KVCache
+    in_place: bool
+
+    def layer_kv(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values `[kv_heads, length + n, head_dim]` for attention, with `k_new` `[n, kv_heads, hd]`."""
+        cache, store = self.cache, self.cache.store
+        n = k_new.shape[0]
+        k_new = k_new.transpose(0, 1).to(store.dtype)
+        v_new = v_new.transpose(0, 1).to(store.dtype)
+        if self.in_place:
+            end = cache.length + n
+            store.keys[layer][:, cache.length:end] = k_new
+            store.values[layer][:, cache.length:end] = v_new
+            return store.keys[layer][:, :end], store.values[layer][:, :end]
+        k = torch.cat([store.keys[layer][:, : cache.length], k_new], dim=1)
+        v = torch.cat([store.values[layer][:, : cache.length], v_new], dim=1)
+        return k, v

@@ -1,13 +1,17 @@
-"""Packed sequences: token layout, RoPE positions, expert routing and attention rules.
+"""Packed sequences: the segment vocabulary, token layout, RoPE positions, routing and attention rules.
 
-One place owns these rules; training packs and inference blocks are both built from them.
+One place owns these rules; training packs (:class:`PackBuilder` -> :class:`PackedBatch`) and
+inference blocks (`unified.py`, through :func:`split_positions`, :func:`rope_advance` and
+:func:`block_attention_mask`) are both built from them.
 
-Layout (identical in training and inference)::
+Segments (what a packed sequence is made of)::
 
-    text split   : <|im_start|> t1 ... tn <|im_end|>         causal, RoPE +1 per token
-    image split  : <|vision_start|> x1 ... xN <|vision_end|>  one RoPE id for the whole block
-                   (ViT patches or VAE latent tokens)          RoPE +1 after it, except for a
-                                                              noisy (to-be-generated) image
+    TextSegment(ids, loss)            <|im_start|> t1 ... tn <|im_end|>     causal, RoPE +1 per token
+    VitSegment(pixels, grid)          <|vision_start|> p1 ... pN <|vision_end|>   ViT patches (understanding)
+    LatentSegment(grid, noisy, ...)   <|vision_start|> z1 ... zN <|vision_end|>   VAE latent tokens (generation)
+
+An image split sits at one RoPE position for the whole block; RoPE advances by 1 after it,
+except after a noisy (to-be-generated) image.
 
 Attention (query row r may see key column c iff):
 
@@ -28,6 +32,8 @@ from enum import IntEnum
 
 import torch
 
+from unimedvl.text.tokenizer import SpecialTokens
+
 
 class SplitKind(IntEnum):
     CAUSAL = 0  # text
@@ -35,16 +41,77 @@ class SplitKind(IntEnum):
     NOISE = 2  # VAE image being generated (has a loss in training; never cached at inference)
 
 
+# ------------------------------------------------------------------ segments
 @dataclass(frozen=True)
-class SpecialTokens:
-    """Ids of the four tokens that frame text and images (the reference's `new_token_ids`)."""
+class TextSegment:
+    """A causal text split. `ids` are already framed (`<|im_start|> ... <|im_end|>`).
 
-    bos: int  # <|im_start|>
-    eos: int  # <|im_end|>
-    start_of_image: int  # <|vision_start|>
-    end_of_image: int  # <|vision_end|>
+    With `loss`, position k is trained to predict `ids[k + 1]` (cross-entropy).
+    """
+
+    ids: tuple[int, ...]
+    loss: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
 
 
+@dataclass(frozen=True)
+class VitSegment:
+    """An understanding image split: the ViT patches of `pixels` `[3, H, W]` in [-1, 1].
+
+    `grid` is (rows, cols) of patches; the split holds rows * cols tokens plus the two markers.
+    """
+
+    pixels: torch.Tensor
+    grid: tuple[int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + 2
+
+
+@dataclass(frozen=True)
+class LatentSegment:
+    """A VAE image split (generation expert): clean (a condition, t = 0) or noisy (to generate).
+
+    A training pack holds the image (`pixels` `[3, H, W]`); the objective encodes it with the VAE
+    and fills `tokens` (`[rows * cols, 64]` latent tokens, noised to flow time `timestep` when
+    `noisy`), which is what the network reads. `grid` is (rows, cols) of latent tokens.
+    """
+
+    grid: tuple[int, int]
+    noisy: bool = False
+    pixels: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    timestep: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + 2
+
+
+Segment = TextSegment | VitSegment | LatentSegment
+
+
+def split_kind(segment: Segment) -> SplitKind:
+    if isinstance(segment, TextSegment):
+        return SplitKind.CAUSAL
+    return SplitKind.NOISE if isinstance(segment, LatentSegment) and segment.noisy else SplitKind.FULL
+
+
+def split_positions(kind: SplitKind, rope: int, num_tokens: int) -> list[int]:
+    """RoPE ids of a split that starts at position `rope`: +1 per text token, one id for an image."""
+    return list(range(rope, rope + num_tokens)) if kind == SplitKind.CAUSAL else [rope] * num_tokens
+
+
+def rope_advance(kind: SplitKind, num_tokens: int) -> int:
+    """How far the next split's RoPE position moves: the text length, 1 after a clean image, 0 after a noisy one."""
+    return num_tokens if kind == SplitKind.CAUSAL else int(kind == SplitKind.FULL)
+
+
+# ------------------------------------------------------------------ packs
 @dataclass(frozen=True)
 class PackLayout:
     """Per-token metadata of a packed sequence: `[L]` int tensors."""
@@ -56,47 +123,101 @@ class PackLayout:
     gen_expert: torch.Tensor  # bool: token goes through the generation expert
 
 
+@dataclass(frozen=True)
+class PackedBatch:
+    """One packed training sequence: what `UniMedVLModel.forward` reads.
+
+    `starts[i]` is the first row of `segments[i]` (for images: its `<|vision_start|>` marker).
+    `ce_positions` / `ce_targets` `[Nc]` are the rows trained with cross-entropy and the token
+    each must predict. `sample_ids` names the corpus samples packed here and `seed` seeds the
+    pack's own random draws (VAE posterior, timesteps, noise), so a pack is a function of the stream.
+    """
+
+    segments: tuple[Segment, ...]
+    starts: tuple[int, ...]
+    layout: PackLayout
+    attention_mask: torch.Tensor  # [L, L] bool, True = may attend
+    ce_positions: torch.Tensor
+    ce_targets: torch.Tensor
+    special: SpecialTokens
+    sample_ids: tuple[str, ...] = ()
+    seed: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.layout.position_ids.numel())
+
+    @property
+    def num_ce_tokens(self) -> int:
+        return int(self.ce_targets.numel())
+
+    @property
+    def num_mse_tokens(self) -> int:
+        return sum(s.num_tokens - 2 for s in self.segments if isinstance(s, LatentSegment) and s.noisy)
+
+    def noisy_latent_rows(self) -> list[tuple[int, int]]:
+        """(first row, rows) of the latent tokens of each noisy image, markers excluded."""
+        return [(start + 1, seg.num_tokens - 2) for seg, start in zip(self.segments, self.starts)
+                if isinstance(seg, LatentSegment) and seg.noisy]
+
+
 class PackBuilder:
-    """Appends splits to a pack and records positions, routing and attention kinds.
+    """Appends segments to a pack and records positions, routing, attention kinds and CE targets.
 
     Used by the trainer to build whole packs, and by tests to prove that incremental inference
     with a KV cache sees exactly what the packed mask allows.
     """
 
-    def __init__(self) -> None:
-        self._sample, self._split, self._kind, self._pos, self._gen = [], [], [], [], []
-        self._next_split = 0
-        self.rope = 0
-        self.sample = 0
+    def __init__(self, special: SpecialTokens) -> None:
+        self.special = special
+        self.rope = 0  # RoPE position of the next split
+        self.sample = 0  # index of the current sample in the pack
+        self._segments: list[Segment] = []
+        self._starts: list[int] = []
+        self._columns: tuple[list[int], ...] = ([], [], [], [], [])  # sample, split, kind, position, gen expert
+        self._ce: tuple[list[int], list[int]] = ([], [])  # CE rows and their targets
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._columns[0])
 
     def new_sample(self) -> None:
+        """Start the next sample: it sees nothing of the previous ones, and its RoPE restarts at 0."""
         self.sample += 1
         self.rope = 0
 
-    def _add(self, n: int, kind: SplitKind, positions: list[int], gen: list[bool]) -> None:
-        self._sample += [self.sample] * n
-        self._split += [self._next_split] * n
-        self._kind += [int(kind)] * n
-        self._pos += positions
-        self._gen += gen
-        self._next_split += 1
+    def skip_image(self) -> None:
+        """An image removed by condition dropout still takes its RoPE slot (as the reference does)."""
+        self.rope += 1
 
-    def add_text(self, num_tokens: int) -> None:
-        self._add(num_tokens, SplitKind.CAUSAL, list(range(self.rope, self.rope + num_tokens)), [False] * num_tokens)
-        self.rope += num_tokens
+    def add(self, segment: Segment) -> None:
+        kind, start, n = split_kind(segment), self.num_tokens, segment.num_tokens
+        samples, splits, kinds, positions, gen = self._columns
+        samples += [self.sample] * n
+        splits += [len(self._segments)] * n
+        kinds += [int(kind)] * n
+        positions += split_positions(kind, self.rope, n)
+        vae = isinstance(segment, LatentSegment)
+        gen += [False] * n if kind == SplitKind.CAUSAL else [False] + [vae] * (n - 2) + [False]
+        if isinstance(segment, TextSegment) and segment.loss:
+            self._ce[0].extend(start + k for k in range(n - 1))
+            self._ce[1].extend(segment.ids[1:])
+        self._segments.append(segment)
+        self._starts.append(start)
+        self.rope += rope_advance(kind, n)
 
-    def add_image(self, num_tokens: int, *, vae: bool, noisy: bool = False) -> None:
-        n = num_tokens + 2
-        kind = SplitKind.NOISE if noisy else SplitKind.FULL
-        self._add(n, kind, [self.rope] * n, [False] + [vae] * num_tokens + [False])
-        if not noisy:
-            self.rope += 1
+    def layout(self) -> PackLayout:
+        samples, splits, kinds, positions, gen = (torch.tensor(c, dtype=torch.long) for c in self._columns)
+        return PackLayout(samples, splits, kinds, positions, gen.bool())
 
-    def build(self) -> PackLayout:
-        t = lambda xs, dtype=torch.long: torch.tensor(xs, dtype=dtype)  # noqa: E731
-        return PackLayout(t(self._sample), t(self._split), t(self._kind), t(self._pos), t(self._gen, torch.bool))
+    def build(self, *, sample_ids: tuple[str, ...] = (), seed: int = 0) -> PackedBatch:
+        layout = self.layout()
+        ce_positions, ce_targets = (torch.tensor(c, dtype=torch.long) for c in self._ce)
+        return PackedBatch(tuple(self._segments), tuple(self._starts), layout, pack_attention_mask(layout),
+                           ce_positions, ce_targets, self.special, tuple(sample_ids), seed)
 
 
+# ------------------------------------------------------------------ masks
 def pack_attention_mask(query: PackLayout, key: PackLayout | None = None) -> torch.Tensor:
     """Boolean mask `[Lq, Lk]` (True = may attend) implementing the rules in the module docstring.
 
@@ -127,6 +248,7 @@ def block_attention_mask(num_query: int, num_cached: int, *, causal: bool,
     return cols <= rows + num_cached
 
 
+# ------------------------------------------------------------------ grids
 def grid_position_ids(rows: int, cols: int, max_per_side: int) -> torch.Tensor:
     """Flattened 2-D position ids `row * max_per_side + col`, row-major `[rows*cols]`."""
     if rows > max_per_side or cols > max_per_side:

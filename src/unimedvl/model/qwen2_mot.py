@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimedvl.config import LLMConfig
-from unimedvl.model.kv_cache import KVCache
+from unimedvl.model.kv_cache import KVBlock, KVCache
 from unimedvl.model.layers import Embedding, Linear, RMSNorm
 
 
@@ -85,51 +85,68 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
+@dataclass(frozen=True)
+class BlockInputs:
+    """What every layer of one forward reads besides the hidden states."""
+
+    routing: Routing
+    cos: torch.Tensor  # RoPE tables [L, D]
+    sin: torch.Tensor
+    attn_mask: torch.Tensor | None  # [L, Lc + L] bool; None = every row sees every key
+    cache: KVBlock | None  # None: a whole packed sequence (training) that attends only to itself
+
+
 class MoTAttention(nn.Module):
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, layer_idx: int) -> None:
         super().__init__()
         h, d = config.hidden_size, config.head_dim
+        self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
-        kv = self.num_kv_heads * d
-        for suffix in ("", "_moe_gen"):
-            setattr(self, f"q_proj{suffix}", Linear(h, h, bias=True))
-            setattr(self, f"k_proj{suffix}", Linear(h, kv, bias=True))
-            setattr(self, f"v_proj{suffix}", Linear(h, kv, bias=True))
-            setattr(self, f"o_proj{suffix}", Linear(h, h, bias=False))
-            setattr(self, f"q_norm{suffix}", RMSNorm(d, eps=config.rms_norm_eps))
-            setattr(self, f"k_norm{suffix}", RMSNorm(d, eps=config.rms_norm_eps))
+        kv, eps = self.num_kv_heads * d, config.rms_norm_eps
+        # Understanding expert, then generation expert (registration order = the released key order).
+        self.q_proj, self.k_proj, self.v_proj = Linear(h, h, bias=True), Linear(h, kv, bias=True), Linear(h, kv, bias=True)
+        self.o_proj = Linear(h, h, bias=False)
+        self.q_norm, self.k_norm = RMSNorm(d, eps=eps), RMSNorm(d, eps=eps)
+        self.q_proj_moe_gen, self.k_proj_moe_gen = Linear(h, h, bias=True), Linear(h, kv, bias=True)
+        self.v_proj_moe_gen = Linear(h, kv, bias=True)
+        self.o_proj_moe_gen = Linear(h, h, bias=False)
+        self.q_norm_moe_gen, self.k_norm_moe_gen = RMSNorm(d, eps=eps), RMSNorm(d, eps=eps)
 
-    def _qkv(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, *, gen: bool) -> torch.Tensor:
+        if gen:
+            q_proj, k_proj, v_proj = self.q_proj_moe_gen, self.k_proj_moe_gen, self.v_proj_moe_gen
+            q_norm, k_norm = self.q_norm_moe_gen, self.k_norm_moe_gen
+        else:
+            q_proj, k_proj, v_proj, q_norm, k_norm = self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
         n = x.shape[0]
-        q = getattr(self, f"q_proj{suffix}")(x).view(n, self.num_heads, self.head_dim)
-        k = getattr(self, f"k_proj{suffix}")(x).view(n, self.num_kv_heads, self.head_dim)
-        v = getattr(self, f"v_proj{suffix}")(x).view(n, self.num_kv_heads, self.head_dim)
-        q = getattr(self, f"q_norm{suffix}")(q)
-        k = getattr(self, f"k_norm{suffix}")(k)
+        q = q_norm(q_proj(x).view(n, self.num_heads, self.head_dim))
+        k = k_norm(k_proj(x).view(n, self.num_kv_heads, self.head_dim))
+        v = v_proj(x).view(n, self.num_kv_heads, self.head_dim)
         return torch.cat([q, k, v], dim=1)  # [n, Hq + 2*Hkv, D]
 
-    def forward(self, x: torch.Tensor, routing: Routing, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
-        qkv = routing.apply(x, lambda z: self._qkv(z, ""), lambda z: self._qkv(z, "_moe_gen"))
+    def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        qkv = inputs.routing.apply(x, lambda z: self._qkv(z, gen=False), lambda z: self._qkv(z, gen=True))
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:  # a whole packed sequence (training): keys are the block itself
+        q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+        if inputs.cache is None:  # a whole packed sequence (training): keys are the block itself
             k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
         else:
-            k_all, v_all = cache.layer_kv(layer_idx, k, v, in_place=in_place)  # [Hkv, Lk, D]
+            k_all, v_all = inputs.cache.layer_kv(self.layer_idx, k, v)  # [Hkv, Lk, D]
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
-            attn_mask=attn_mask, enable_gqa=self.num_heads != self.num_kv_heads,
+            attn_mask=inputs.attn_mask, enable_gqa=self.num_heads != self.num_kv_heads,
         )  # [1, Hq, L, D]
         out = out[0].transpose(0, 1).reshape(x.shape[0], -1)
-        return routing.apply(out, self.o_proj, self.o_proj_moe_gen)
+        return inputs.routing.apply(out, self.o_proj, self.o_proj_moe_gen)
 
 
 class MoTDecoderLayer(nn.Module):
-    def __init__(self, config: LLMConfig) -> None:
+    """One pre-norm MoT layer (the FSDP shard unit in training)."""
+
+    def __init__(self, config: LLMConfig, layer_idx: int) -> None:
         super().__init__()
         h = config.hidden_size
-        self.self_attn = MoTAttention(config)
+        self.self_attn = MoTAttention(config, layer_idx)
         self.mlp = MLP(h, config.intermediate_size)
         self.mlp_moe_gen = MLP(h, config.intermediate_size)
         self.input_layernorm = RMSNorm(h, eps=config.rms_norm_eps)
@@ -137,30 +154,12 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(h, eps=config.rms_norm_eps)
         self.post_attention_layernorm_moe_gen = RMSNorm(h, eps=config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, routing: Routing, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, layer_idx: int, attn_mask: torch.Tensor | None, in_place: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        routing = inputs.routing
         h = routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
-        x = x + self.self_attn(h, routing, cos, sin, cache, layer_idx, attn_mask, in_place)
+        x = x + self.self_attn(h, inputs)
         h = routing.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
-        out = x + routing.apply(h, self.mlp, self.mlp_moe_gen)
-        if self.training and torch.is_grad_enabled():
-            out = out + self._unused_expert_anchor(routing)
-        return out
-
-    def _unused_expert_anchor(self, routing: Routing) -> torch.Tensor:
-        """0 * (sum of the weights of an expert no token used): every weight gets a (zero) gradient.
-
-        Under FSDP each rank must reduce the same gradients; a pack without image latents would
-        otherwise leave the generation expert's gradients unset on that rank only.
-        """
-        if routing.gen_rows is None and routing.und_rows is None:
-            unused = "gen"
-        elif routing.gen_rows is None:
-            unused = "und"
-        else:
-            return torch.zeros((), dtype=self.input_layernorm.weight.dtype, device=self.input_layernorm.weight.device)
-        params = [p for n, p in self.named_parameters() if p.requires_grad and (("_moe_gen" in n) == (unused == "gen"))]
-        return sum((p.sum() for p in params), torch.zeros((), device=self.input_layernorm.weight.device)) * 0.0
+        return x + routing.apply(h, self.mlp, self.mlp_moe_gen)
 
 
 class Qwen2MoTModel(nn.Module):
@@ -168,45 +167,35 @@ class Qwen2MoTModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(MoTDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(MoTDecoderLayer(config, idx) for idx in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.norm_moe_gen = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: KVCache | None, *,
-                gen_mask: torch.Tensor | None = None, causal: bool = False,
-                attn_mask: torch.Tensor | None = None, commit: bool = True,
+    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, *, gen_mask: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, cache: KVBlock | None = None,
                 checkpoint_layers: bool = False) -> torch.Tensor:
-        """Run one query block `[L, H]` against `cache`; returns final-normed hidden states `[L, H]`.
+        """Run one query block `[L, H]`; returns final-normed hidden states `[L, H]`.
 
         Args:
             embeds: input embeddings of the block.
             position_ids: RoPE positions `[L]`.
-            cache: the context; the block sees all of it.
-            gen_mask: `[L]` bool, rows routed to the generation expert.
-            causal: causal inside the block (text); otherwise bidirectional (images).
-            attn_mask: explicit `[L, Lc + L]` boolean mask (training packs); overrides `causal`.
-            commit: append the block's keys/values to the cache (False for noisy latents).
+            gen_mask: `[L]` bool, rows routed to the generation expert (None: all understanding).
+            attn_mask: `[L, Lc + L]` boolean mask over [cached keys, block keys]; None: see everything.
+            cache: where the block reads and writes keys/values (`KVCache.open_block`); None for a
+                whole packed sequence (training), which attends only to itself.
             checkpoint_layers: recompute each layer in backward (activation checkpointing, training).
-        With `cache=None` the block is a whole packed sequence: it attends only to itself (training).
         """
-        n = embeds.shape[0]
         routing = Routing.from_mask(gen_mask)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, embeds.dtype)
-        if attn_mask is None and causal and n > 1:
-            from unimedvl.model.packing import block_attention_mask
-
-            attn_mask = block_attention_mask(n, 0 if cache is None else cache.length, causal=True, device=embeds.device)
-        in_place = cache.begin_block(n, commit=commit) if cache is not None else False
+        inputs = BlockInputs(routing, cos, sin, attn_mask, cache)
         x = embeds
-        for idx, layer in enumerate(self.layers):
+        for layer in self.layers:
             if checkpoint_layers and torch.is_grad_enabled():
                 from torch.utils.checkpoint import checkpoint
 
-                x = checkpoint(layer, x, routing, cos, sin, cache, idx, attn_mask, in_place, use_reentrant=False)
+                x = checkpoint(layer, x, inputs, use_reentrant=False)
             else:
-                x = layer(x, routing, cos, sin, cache, idx, attn_mask, in_place)
-        if commit and cache is not None:
-            cache.commit(n, rope_advance=0)
+                x = layer(x, inputs)
         return routing.apply(x, self.norm, self.norm_moe_gen)
 
 

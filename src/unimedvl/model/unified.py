@@ -19,7 +19,9 @@ builds one block with the layout rules of `packing.py` and returns what the call
     prefill_vit_image(cache, pixels)  ViT image split, cached               -> ViT features
     prefill_vae_image(cache, latent)  clean VAE image split (t = 0), cached
     decode_step(cache, ids)           one token, cached                     -> logits [1, V]
-    velocity(cache, x_t, t, grid)     noisy VAE image split, NOT cached     -> v [h*w, 64]
+    velocity(cache, embeds)           noisy VAE image split, NOT cached     -> v [h*w, 64]
+
+Training runs a whole :class:`PackedBatch` (`packing.py`) through `forward`.
 """
 
 from __future__ import annotations
@@ -33,9 +35,20 @@ from unimedvl.config import UnifiedConfig
 from unimedvl.model.connectors import MLPconnector, PositionEmbedding, TimestepEmbedder
 from unimedvl.model.kv_cache import KVCache
 from unimedvl.model.layers import Linear
-from unimedvl.model.packing import SpecialTokens, grid_position_ids, patchify
+from unimedvl.model.packing import (
+    PackedBatch,
+    SplitKind,
+    TextSegment,
+    VitSegment,
+    block_attention_mask,
+    grid_position_ids,
+    patchify,
+    rope_advance,
+    split_positions,
+)
 from unimedvl.model.qwen2_mot import Qwen2MoTForCausalLM
 from unimedvl.model.siglip_navit import SiglipNaViT
+from unimedvl.text.tokenizer import SpecialTokens
 
 
 @dataclass
@@ -44,6 +57,14 @@ class ImageBlockOutput:
 
     encoder_out: torch.Tensor  # ViT post-layernorm features [N, Dv] (ViT) or packed latent [N, 64] (VAE)
     tokens: torch.Tensor  # the N image-token embeddings fed to the LLM [N, H]
+
+
+@dataclass
+class PackedOutput:
+    """What a packed training forward returns."""
+
+    logits: torch.Tensor  # [Nc, V] at the batch's CE rows
+    velocities: list[torch.Tensor]  # one [N, 64] per noisy image, in pack order
 
 
 class UniMedVLModel(nn.Module):
@@ -61,6 +82,12 @@ class UniMedVLModel(nn.Module):
         self.vit_pos_embed = PositionEmbedding(config.vit_max_num_patch_per_side, h)
 
     # ----------------------------------------------------------------- helpers
+    @property
+    def shard_units(self) -> list[nn.Module]:
+        """The decoder layers: every forward runs each in full, so they are the FSDP shard units
+        (the root holds the rest) and the places where training hooks per-layer work."""
+        return list(self.language_model.model.layers)
+
     @property
     def compute_dtype(self) -> torch.dtype:
         """fp32 on CPU whatever the storage dtype (no native bf16 there); the weight dtype on GPU."""
@@ -80,12 +107,21 @@ class UniMedVLModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.lm_head(hidden)
 
-    def _run(self, cache: KVCache, embeds: torch.Tensor, *, gen_mask: torch.Tensor | None, causal: bool,
-             commit: bool, rope_positions: torch.Tensor, rope_advance: int) -> torch.Tensor:
-        hidden = self.language_model.model(embeds, rope_positions, cache, gen_mask=gen_mask, causal=causal,
-                                           commit=commit)
+    def _run_block(self, cache: KVCache, embeds: torch.Tensor, kind: SplitKind, *,
+                   gen_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One split `[L, H]` against the context, laid out by the rules of `packing.py`.
+
+        Text is causal and image blocks bidirectional; both are committed to the cache. A noisy
+        latent block (`SplitKind.NOISE`) sees the whole context but is not cached.
+        """
+        n = embeds.shape[0]
+        positions = torch.tensor(split_positions(kind, cache.rope, n), device=self.device)
+        mask = block_attention_mask(n, cache.length, causal=kind == SplitKind.CAUSAL, device=self.device)
+        commit = kind != SplitKind.NOISE
+        hidden = self.language_model.model(embeds, positions, gen_mask=gen_mask, attn_mask=mask,
+                                           cache=cache.open_block(n, commit=commit))
         if commit:
-            cache.rope += rope_advance
+            cache.commit(n, rope_advance(kind, n))
         return hidden
 
     def frame_image_block(self, tokens: torch.Tensor, special: SpecialTokens) -> torch.Tensor:
@@ -95,10 +131,7 @@ class UniMedVLModel(nn.Module):
     # -------------------------------------------------------------- primitives
     def prefill_text(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
         """Causal text block `[T]` ids (already framed by bos/eos) at RoPE rope..rope+T-1 -> hidden `[T, H]`."""
-        n = ids.shape[0]
-        pos = torch.arange(cache.rope, cache.rope + n, device=self.device)
-        return self._run(cache, self.embed_ids(ids), gen_mask=None, causal=True, commit=True,
-                         rope_positions=pos, rope_advance=n)
+        return self._run_block(cache, self.embed_ids(ids), SplitKind.CAUSAL)
 
     def decode_step(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
         """Feed one token `[1]`, append it to the cache, return next-token logits `[1, V]`."""
@@ -117,9 +150,7 @@ class UniMedVLModel(nn.Module):
     def prefill_vit_image(self, cache: KVCache, pixels: torch.Tensor, special: SpecialTokens) -> ImageBlockOutput:
         """ViT image block (understanding expert, bidirectional, cached) at one RoPE position; rope += 1."""
         out = self.encode_vit(pixels)
-        block = self.frame_image_block(out.tokens, special)
-        pos = torch.full((block.shape[0],), cache.rope, device=self.device)
-        self._run(cache, block, gen_mask=None, causal=False, commit=True, rope_positions=pos, rope_advance=1)
+        self._run_block(cache, self.frame_image_block(out.tokens, special), SplitKind.FULL)
         return out
 
     def pack_latent(self, latent: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -136,60 +167,56 @@ class UniMedVLModel(nn.Module):
         t = torch.as_tensor(t, dtype=torch.float32, device=self.device).expand(tokens.shape[0])
         return self.vae2llm(tokens.to(self.device, dtype)) + self.time_embedder(t, dtype) + self.latent_pos_embed(pos, dtype)
 
-    def run_latent_block(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens, *, commit: bool
+    def _latent_block(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens, kind: SplitKind
                       ) -> torch.Tensor:
         block = self.frame_image_block(embeds, special)
         gen_mask = torch.ones(block.shape[0], dtype=torch.bool, device=self.device)
         gen_mask[0] = gen_mask[-1] = False  # the markers stay with the understanding expert
-        pos = torch.full((block.shape[0],), cache.rope, device=self.device)
-        return self._run(cache, block, gen_mask=gen_mask, causal=False, commit=commit, rope_positions=pos,
-                         rope_advance=1)
+        return self._run_block(cache, block, kind, gen_mask=gen_mask)
 
     def prefill_vae_image(self, cache: KVCache, latent: torch.Tensor, special: SpecialTokens) -> ImageBlockOutput:
         """Clean VAE image block (latent `[z, 2h, 2w]`, t = 0), generation expert, cached; rope += 1."""
         tokens, grid = self.pack_latent(latent)
         embeds = self.embed_latents(tokens, torch.tensor(0.0), grid)
-        self.run_latent_block(cache, embeds, special, commit=True)
+        self._latent_block(cache, embeds, special, SplitKind.FULL)
         return ImageBlockOutput(encoder_out=tokens, tokens=embeds)
 
-    # -------------------------------------------------------------- training
-    def forward(self, segments: list[tuple], position_ids: torch.Tensor, gen_mask: torch.Tensor,
-                attn_mask: torch.Tensor, ce_positions: torch.Tensor, latent_rows: list[tuple[int, int]],
-                special: SpecialTokens, checkpoint_layers: bool = False
-                ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """A packed training sequence -> (logits at `ce_positions` `[Nc, V]`, velocities per noisy image, anchor).
-
-        `anchor` is 0 * (sum of every trainable weight outside the decoder layers); adding it to the
-        loss gives each such weight a gradient on every rank, as FSDP requires, even when this pack
-        uses no ViT image or no latent.
-
-        `segments` in pack order: ("text", ids `[T]`), ("vit", pixels `[3, H, W]`) or
-        ("latent", tokens `[N, 64]`, t, (h, w)). `latent_rows` gives (first row, rows) of each noisy
-        image. Everything that touches the weights runs here, inside forward, so FSDP2 can gather them.
-        """
-        pieces = []
-        for seg in segments:
-            if seg[0] == "text":
-                pieces.append(self.embed_ids(seg[1]))
-            elif seg[0] == "vit":
-                pieces.append(self.frame_image_block(self.encode_vit(seg[1]).tokens, special))
-            else:
-                _, tokens, t, grid = seg
-                pieces.append(self.frame_image_block(self.embed_latents(tokens, torch.tensor(t), grid), special))
-        embeds = torch.cat(pieces, dim=0).to(self.compute_dtype)
-        hidden = self.language_model.model(embeds, position_ids.to(self.device), None, gen_mask=gen_mask.to(self.device),
-                                           attn_mask=attn_mask.to(self.device), commit=False,
-                                           checkpoint_layers=checkpoint_layers)
-        logits = self.logits(hidden[ce_positions.to(self.device)])
-        velocities = [self.llm2vae(hidden[first:first + rows]) for first, rows in latent_rows]
-        outside = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("language_model.model.layers.")]
-        anchor = sum((p.sum() for p in outside), torch.zeros((), device=self.device)) * 0.0
-        return logits, velocities, anchor
+    def noisy_latent_hidden(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens) -> torch.Tensor:
+        """Final hidden states `[N + 2, H]` (markers included) of a noisy latent block; not cached."""
+        return self._latent_block(cache, embeds, special, SplitKind.NOISE)
 
     def velocity(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens) -> torch.Tensor:
         """Predicted flow velocity `[N, 64]` for embedded noisy latents `[N, H]` (see `embed_latents`).
 
         The block sits at the context's RoPE position, sees the whole context and is not cached.
         """
-        hidden = self.run_latent_block(cache, embeds, special, commit=False)
-        return self.llm2vae(hidden[1:-1])
+        return self.llm2vae(self.noisy_latent_hidden(cache, embeds, special)[1:-1])
+
+    # -------------------------------------------------------------- training
+    def forward(self, batch: PackedBatch, *, checkpoint_layers: bool = False) -> PackedOutput:
+        """A packed training sequence -> logits at its CE rows and a velocity per noisy image.
+
+        Every latent segment must carry its latent `tokens` (the objective encodes the pack's
+        images with the VAE first). Everything that touches the weights runs here, inside forward,
+        so FSDP2 can gather them.
+        """
+        pieces = []
+        for seg in batch.segments:
+            if isinstance(seg, TextSegment):
+                pieces.append(self.embed_ids(torch.tensor(seg.ids)))
+            elif isinstance(seg, VitSegment):
+                pieces.append(self.frame_image_block(self.encode_vit(seg.pixels).tokens, batch.special))
+            else:
+                if seg.tokens is None:
+                    raise ValueError("a latent segment reached the network without latent tokens; encode it first")
+                embeds = self.embed_latents(seg.tokens, torch.tensor(seg.timestep), seg.grid)
+                pieces.append(self.frame_image_block(embeds, batch.special))
+        embeds = torch.cat(pieces, dim=0).to(self.compute_dtype)
+        layout = batch.layout
+        hidden = self.language_model.model(embeds, layout.position_ids.to(self.device),
+                                           gen_mask=layout.gen_expert.to(self.device),
+                                           attn_mask=batch.attention_mask.to(self.device),
+                                           checkpoint_layers=checkpoint_layers)
+        logits = self.logits(hidden[batch.ce_positions.to(self.device)])
+        velocities = [self.llm2vae(hidden[first:first + rows]) for first, rows in batch.noisy_latent_rows()]
+        return PackedOutput(logits=logits, velocities=velocities)

@@ -15,16 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", default=None, help="write the released layout here when training ends")
     args = parser.parse_args(argv)
     try:
-        from unimedvl.train.config import TrainConfig
-        from unimedvl.train.trainer import Trainer
+        from unimedvl.train.run import run_recipe
 
-        trainer = Trainer(TrainConfig.from_yaml(args.recipe, args.overrides))
-        try:
-            trainer.fit()
-            if args.export:
-                trainer.export(args.export)
-        finally:
-            trainer.close()
+        run_recipe(args.recipe, args.overrides, export=args.export)
     except UnimedvlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import yaml
 
+from unimedvl.config import ImageConfig
 from unimedvl.errors import ConfigError
 
 FAMILIES = ("understanding", "generation", "interleaved")
@@ -61,6 +62,16 @@ class DataConfig:
             raise ConfigError(f"data.mix: unknown families {sorted(unknown)}; use {list(FAMILIES)}")
         if not self.mix or any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ConfigError("data.mix must hold non-negative ratios with a positive sum")
+        try:
+            self.image_config  # noqa: B018 - validates vit_min/vit_max/vae_min/vae_max
+        except ConfigError as exc:
+            raise ConfigError(f"data image sizes (vit_min/vit_max/vae_min/vae_max): {exc}") from None
+
+    @property
+    def image_config(self) -> ImageConfig:
+        """How this stage sizes images; an export writes it as the model's `image_config.json`."""
+        return ImageConfig.trained(vit_max=self.vit_max, vit_min=self.vit_min, vae_max=self.vae_max,
+                                   vae_min=self.vae_min)
 
     def balance_for(self, family: str) -> float:
         """The source balance of one task family."""
@@ -105,7 +116,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        from unimedvl.io_utils import read_yaml_mapping
+        from unimedvl.utils.files import read_yaml_mapping
 
         path = Path(path)
         data = read_yaml_mapping(path, "recipe")

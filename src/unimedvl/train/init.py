@@ -1,28 +1,32 @@
 """Model construction for training: from a preset (random init), a released checkpoint, or components.
 
-Components: a Hugging Face Qwen2 safetensors folder (`model.*`, `lm_head.*` keys) fills the
-understanding expert and is copied into the generation expert (`*_moe_gen`), as BAGEL's `init_moe`;
-a Hugging Face SigLIP folder (`vision_model.*`, conv patch embedding converted to linear form, the
-last layer dropped); a FLUX `ae.safetensors`. Unused heads are initialised as the reference does
-(`llm2vae` zero, sin-cos tables).
+Components are read through the checkpoint package's key maps (strict, one report each): a
+Hugging Face Qwen2 folder fills the understanding expert and is copied into the generation expert
+(`*_moe_gen`), as BAGEL's `init_moe`; a Hugging Face SigLIP folder (conv patch embedding converted
+to linear form, layers past the penultimate one dropped); a FLUX `ae.safetensors`. Unused heads
+are initialised as the reference does (`llm2vae` zero; the sin-cos tables are fixed buffers).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from unimedvl.checkpoint import keymaps
+from unimedvl.checkpoint.folder import load_checkpoint, load_component, load_vae
 from unimedvl.config import UnifiedConfig
 from unimedvl.errors import CheckpointError, ConfigError
-from unimedvl.loading import load_checkpoint
+from unimedvl.model.builder import build_model
 from unimedvl.model.layers import Embedding, Linear, RMSNorm
 from unimedvl.model.unified import UniMedVLModel
 from unimedvl.model.vae import AutoEncoder
-from unimedvl.tokenizer import TextTokenizer
+from unimedvl.text.tokenizer import TextTokenizer
 from unimedvl.train.config import ModelInit
+
+log = logging.getLogger(__name__)
 
 
 def init_weights(model: nn.Module, generator: torch.Generator, std: float = 0.02) -> None:
@@ -43,70 +47,18 @@ def init_weights(model: nn.Module, generator: torch.Generator, std: float = 0.02
         if isinstance(model, UniMedVLModel):
             model.llm2vae.weight.zero_()
             model.llm2vae.bias.zero_()
-            model.latent_pos_embed.reset_table()
-            model.vit_pos_embed.reset_table()
             nn.init.normal_(model.vit_model.vision_model.embeddings.position_embedding.weight, std=std, generator=generator)
 
 
-def _read(folder: Path, pattern: str = "*.safetensors") -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob(pattern)) if folder.is_dir() else [folder]
-    if not files or any(f.suffix != ".safetensors" for f in files):
-        raise CheckpointError(f"{folder}: expected .safetensors weights")
-    out = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            out.update({k: handle.get_tensor(k) for k in handle.keys()})
-    return out
-
-
-def load_components(model: UniMedVLModel, llm: str | None, vit: str | None) -> list[str]:
-    """Fill the LLM (both experts) and the ViT from Hugging Face layouts; returns the keys it set."""
-    target = model.state_dict()
-    updates: dict[str, torch.Tensor] = {}
-    if llm:
-        for key, value in _read(Path(llm)).items():
-            name = f"language_model.{key}"
-            if name not in target:
-                raise CheckpointError(f"unexpected Qwen2 key {key}")
-            updates[name] = value
-            stem, dot, leaf = name.rpartition(".")
-            for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                         "self_attn.q_norm", "self_attn.k_norm", "mlp", "input_layernorm", "post_attention_layernorm"):
-                if f".{part}." in f"{stem}.":
-                    twin = name.replace(f".{part}.", f".{part}_moe_gen.", 1)
-                    if twin in target:
-                        updates[twin] = value.clone()  # generation expert starts as the understanding expert
-            if name == "language_model.model.norm.weight":
-                updates["language_model.model.norm_moe_gen.weight"] = value.clone()
-    if vit:
-        for key, value in _read(Path(vit)).items():
-            name = f"vit_model.{key}"
-            if key.endswith("embeddings.patch_embedding.weight") and value.ndim == 4:
-                value = value.permute(0, 2, 3, 1).reshape(value.shape[0], -1)  # conv -> linear, (dy, dx, rgb)
-            if name not in target:
-                if ".encoder.layers." in name:
-                    continue  # the layer(s) past the penultimate one are not used
-                raise CheckpointError(f"unexpected SigLIP key {key}")
-            updates[name] = value
-    for name, value in updates.items():
-        if tuple(value.shape) != tuple(target[name].shape):
-            raise CheckpointError(f"{name}: shape {list(value.shape)} does not match the model's {list(target[name].shape)}")
-    model.load_state_dict(updates, strict=False)
-    return sorted(updates)
-
-
 def build_for_training(spec: ModelInit, seed: int) -> tuple[UnifiedConfig, UniMedVLModel, AutoEncoder, TextTokenizer]:
+    """(config, trainable fp32 model in train mode, VAE in eval mode, tokenizer) on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     if spec.checkpoint:
         loaded = load_checkpoint(spec.checkpoint, dtype="float32", device="cpu")
-        model, vae = loaded.model, loaded.vae
-        if vae is None:
+        if loaded.vae is None:
             raise CheckpointError(f"{spec.checkpoint} has no ae.safetensors; training needs the VAE")
-        model.requires_grad_(True)
-        for table in (model.latent_pos_embed.pos_embed, model.vit_pos_embed.pos_embed):
-            table.requires_grad_(False)
         tokenizer = TextTokenizer.from_dir(spec.tokenizer or spec.checkpoint)
-        return loaded.config, model.train(), vae, tokenizer
+        return loaded.config, loaded.model.requires_grad_(True).train(), loaded.vae, tokenizer
     if spec.config_dir:
         config = UnifiedConfig.from_checkpoint_dir(spec.config_dir)
     elif spec.preset:
@@ -116,15 +68,15 @@ def build_for_training(spec: ModelInit, seed: int) -> tuple[UnifiedConfig, UniMe
     if not spec.tokenizer:
         raise ConfigError("model.tokenizer is required when not starting from a checkpoint")
     tokenizer = TextTokenizer.from_dir(spec.tokenizer)
-    model = UniMedVLModel(config)
+    model = build_model(config, device="cpu")
     init_weights(model, generator)
-    load_components(model, spec.llm, spec.vit)
-    vae = AutoEncoder(config.vae)
+    for path, key_map in ((spec.llm, keymaps.QWEN2), (spec.vit, keymaps.SIGLIP)):
+        if path:
+            log.info("%s", load_component(model, path, key_map).format())
     if spec.vae:
-        state = _read(Path(spec.vae))
-        vae.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
+        vae, report = load_vae(Path(spec.vae), config.vae, dtype=torch.float32, device=torch.device("cpu"))
+        log.info("%s", report.format())
     else:
+        vae = AutoEncoder(config.vae)
         init_weights(vae, generator)
-    for table in (model.latent_pos_embed.pos_embed, model.vit_pos_embed.pos_embed):
-        table.requires_grad_(False)
     return config, model.train(), vae.eval(), tokenizer

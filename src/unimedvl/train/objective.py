@@ -3,7 +3,7 @@
 For each generated image (one timestep per image, BAGEL's recipe)::
 
     t   = sigmoid(n), n ~ N(0, 1)                      (logit-normal)
-    t   = s t / (1 + (s - 1) t)                         (timestep shift s)
+    t   = s t / (1 + (s - 1) t)                         (timestep shift s, `model/sampling.py`)
     x_t = (1 - t) x_0 + t eps,   target v = eps - x_0   (x_0: clean VAE latent tokens)
 
 Both losses are sums here; the trainer divides them by the *global* token counts (all ranks, all
@@ -12,15 +12,15 @@ packs of the step), so gradients do not depend on how packs are spread over rank
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from unimedvl.model.packing import SpecialTokens
+from unimedvl.model.packing import LatentSegment, PackedBatch
+from unimedvl.model.sampling import shift_time
 from unimedvl.model.unified import UniMedVLModel
 from unimedvl.model.vae import AutoEncoder
-from unimedvl.train.data import Pack
 
 
 @dataclass
@@ -30,42 +30,45 @@ class LossSums:
 
 
 def logit_normal_timestep(generator: torch.Generator, shift: float) -> float:
-    t = torch.sigmoid(torch.randn((), generator=generator)).item()
-    return shift * t / (1 + (shift - 1) * t)
+    return shift_time(torch.sigmoid(torch.randn((), generator=generator)).item(), shift)
 
 
-def pack_losses(model: UniMedVLModel, vae: AutoEncoder, pack: Pack, special: SpecialTokens, *,
-                timestep_shift: float, checkpoint_layers: bool = False) -> LossSums:
-    generator = torch.Generator().manual_seed(pack.seed)
-    segments: list[tuple] = []
-    latent_rows: list[tuple[int, int]] = []
-    targets: list[torch.Tensor] = []
+def encode_latents(model: UniMedVLModel, vae: AutoEncoder, batch: PackedBatch, *, timestep_shift: float
+                   ) -> tuple[PackedBatch, list[torch.Tensor]]:
+    """Fill every latent segment's tokens (VAE posterior sample; noised for generated images).
+
+    Returns the batch the network reads and the velocity target of each noisy image. Draws come
+    from a generator seeded by the pack, in segment order: posterior, then timestep and noise.
+    """
+    generator = torch.Generator().manual_seed(batch.seed)
     vae_dtype = next(vae.parameters()).dtype
     vae_device = next(vae.parameters()).device
-    for seg in pack.segments:
-        if seg.kind == "text":
-            segments.append(("text", torch.tensor(seg.ids)))
-        elif seg.kind == "vit":
-            segments.append(("vit", seg.pixels))
-        else:
+    segments, targets = [], []
+    for seg in batch.segments:
+        if isinstance(seg, LatentSegment):
             with torch.no_grad():  # the VAE is frozen: latents are inputs and targets, not trained
                 latent = vae.encode(seg.pixels[None].to(vae_device, vae_dtype), sample=True, generator=generator)[0]
-            tokens, grid = model.pack_latent(latent.float())
+            tokens, _ = model.pack_latent(latent.float())
             if seg.noisy:
                 t = logit_normal_timestep(generator, timestep_shift)
                 eps = torch.randn(tokens.shape, generator=generator).to(tokens)
-                segments.append(("latent", (1 - t) * tokens + t * eps, t, grid))
-                latent_rows.append((seg.start + 1, tokens.shape[0]))
+                seg = replace(seg, tokens=(1 - t) * tokens + t * eps, timestep=t)
                 targets.append(eps - tokens)
             else:
-                segments.append(("latent", tokens, 0.0, grid))
-    logits, velocities, anchor = model(segments, pack.position_ids, pack.gen_mask, pack.attn_mask,
-                                       pack.ce_positions, latent_rows, special, checkpoint_layers)
-    zero = anchor + logits.sum() * 0.0
+                seg = replace(seg, tokens=tokens, timestep=0.0)
+        segments.append(seg)
+    return replace(batch, segments=tuple(segments)), targets
+
+
+def pack_losses(model: UniMedVLModel, vae: AutoEncoder, batch: PackedBatch, *, timestep_shift: float,
+                checkpoint_layers: bool = False) -> LossSums:
+    encoded, targets = encode_latents(model, vae, batch, timestep_shift=timestep_shift)
+    out = model(encoded, checkpoint_layers=checkpoint_layers)
+    zero = out.logits.sum() * 0.0  # keeps both sums in the graph when a pack has no text or no latent loss
     ce_sum = zero
-    if pack.num_ce_tokens:
-        ce_sum = F.cross_entropy(logits.float(), pack.ce_targets.to(logits.device), reduction="sum") + zero
+    if batch.num_ce_tokens:
+        ce_sum = F.cross_entropy(out.logits.float(), batch.ce_targets.to(out.logits.device), reduction="sum") + zero
     mse_sum = zero
-    for pred, target in zip(velocities, targets):
+    for pred, target in zip(out.velocities, targets):
         mse_sum = mse_sum + ((pred.float() - target.to(pred.device)) ** 2).mean(dim=-1).sum()
     return LossSums(ce_sum=ce_sum, mse_sum=mse_sum)

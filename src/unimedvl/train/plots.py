@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unimedvl.io_utils import atomic_write_bytes
+from unimedvl.utils.files import atomic_write_bytes
 
 
 def plot_losses(history: list[dict], path: Path, *, title: str) -> None:

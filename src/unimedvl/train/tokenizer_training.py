@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 
 from unimedvl.data.storage import iter_samples
-from unimedvl.io_utils import atomic_write_text
-from unimedvl.tokenizer import QWEN2_PRETOKENIZE_REGEX
+from unimedvl.text.tokenizer import qwen2_byte_level
+from unimedvl.utils.files import atomic_write_text
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -30,20 +30,14 @@ def corpus_texts(corpus: str | Path, split: str = "train") -> Iterable[str]:
 
 def train_tokenizer(texts: Iterable[str], out: str | Path, *, vocab_size: int = 4096, extra: Iterable[str] = ()) -> Tokenizer:
     """BPE with `vocab_size` entries (bytes + merges), plus the specials after them."""
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
+    tok = qwen2_byte_level(models.BPE())
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     tok.train_from_iterator((t for stream in (texts, extra) for t in stream), trainer=trainer)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIALS])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
+    atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=True))
     base = tok.token_to_id(QWEN_SPECIALS[0])
     config = {"add_bos_token": False, "add_prefix_space": False, "bos_token": None, "eos_token": "<|im_end|>",
               "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length": 32768,

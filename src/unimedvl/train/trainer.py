@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -29,11 +28,14 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from unimedvl.io_utils import atomic_write_text
+from unimedvl.checkpoint.folder import save_checkpoint
 from unimedvl.train.config import TrainConfig
-from unimedvl.train.data import CorpusIndex, PackMaker
+from unimedvl.train.fsdp import install_unused_weight_anchors, shard
 from unimedvl.train.init import build_for_training
 from unimedvl.train.objective import pack_losses
+from unimedvl.train.packer import CorpusIndex, PackMaker
+from unimedvl.train.schedule import lr_factor
+from unimedvl.utils.files import atomic_write_text
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -44,15 +46,6 @@ def _single_process_ok() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class Trainer:
@@ -73,17 +66,16 @@ class Trainer:
         self.model.to(self.device)
         self.vae.to(self.device).requires_grad_(not config.freeze_vae)
         self._apply_freezing()
+        install_unused_weight_anchors(self.model)  # before sharding: the hooks run on gathered weights
         if self.distributed:
-            self._shard()
+            shard(self.model, self.device.type, self.world)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW([p for _, p in self.trainable], lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
                                            weight_decay=config.optim.weight_decay)
         self.ema = {n: p.detach().clone().float() for n, p in self.trainable}
         self.index = CorpusIndex(config.data.corpus, config.data.split)
-        self.packs = PackMaker(self.index, self.tokenizer, config.data, seed=config.seed,
-                               latent_downsample=self.model_config.latent_downsample,
-                               vit_patch=self.model_config.vit.patch_size)
+        self.packs = PackMaker(self.index, self.tokenizer, config.data, self.model_config, seed=config.seed)
         self.out = Path(config.output_dir)
         self.step = 0
 
@@ -99,20 +91,6 @@ class Trainer:
                     p.requires_grad_(False)
             self.model.vit_model.requires_grad_(False)
             self.model.connector.requires_grad_(False)
-        for table in (self.model.latent_pos_embed.pos_embed, self.model.vit_pos_embed.pos_embed):
-            table.requires_grad_(False)
-
-    def _shard(self) -> None:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh(self.device.type, (self.world,))
-        # Shard units: each MoT decoder layer (every pack runs all of them), then the root holding the
-        # rest (embeddings, ViT, heads). The ViT is not a unit of its own: a rank whose packs hold no
-        # ViT image would skip its collectives and desynchronise the others.
-        for layer in self.model.language_model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(self.model, mesh=mesh)
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -179,7 +157,7 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
         for pack in mine:
             with autocast:
-                sums = pack_losses(self.model, self.vae, pack, self.tokenizer.special, timestep_shift=c.timestep_shift,
+                sums = pack_losses(self.model, self.vae, pack, timestep_shift=c.timestep_shift,
                                    checkpoint_layers=c.activation_checkpointing)
             ce = sums.ce_sum / max(ce_count, 1.0)
             mse = sums.mse_sum / max(mse_count, 1.0)
@@ -262,8 +240,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- export
     def export(self, folder: str | Path, *, use_ema: bool = True) -> Path:
-        """Write the released layout (ema.safetensors, configs, ae.safetensors, tokenizer) for the loader."""
-        from safetensors.torch import save_file
+        """Write the released layout (`checkpoint.save_checkpoint`) with the EMA weights and this stage's image sizes."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         folder = Path(folder)
@@ -272,19 +249,8 @@ class Trainer:
             for name, value in self.ema.items():
                 full[name] = value.full_tensor() if hasattr(value, "full_tensor") else value
         if self.rank == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / ".ema.safetensors.tmp"
-            save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in full.items()}, str(tmp))
-            os.replace(tmp, folder / "ema.safetensors")
-            tmp = folder / ".ae.safetensors.tmp"
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.vae.state_dict().items()}, str(tmp))
-            os.replace(tmp, folder / "ae.safetensors")
-            self.model_config.save_to_dir(folder)
-            self.tokenizer.backend.save(str(folder / "tokenizer.json"))
-            d = self.config.data  # the image sizes the model was trained at, for the engine's resize rules
-            atomic_write_text(folder / "image_config.json", json.dumps(
-                {"vae_max": d.vae_max, "vae_min": d.vae_min, "vit_max": d.vit_max, "vit_min": d.vit_min,
-                 "default_size": d.vae_max}, indent=2) + "\n")
+            save_checkpoint(folder, config=self.model_config, weights=full, vae_weights=self.vae.state_dict(),
+                            tokenizer=self.tokenizer, image_config=self.config.data.image_config)
         self._barrier()
         return folder
 

@@ -12,8 +12,6 @@ Writes `ae.safetensors` and `vae_config.json` (read by the loader).
 from __future__ import annotations
 
 import io
-import json
-import math
 import random
 import sys
 from dataclasses import replace
@@ -21,14 +19,14 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
+from unimedvl.checkpoint.folder import save_vae
 from unimedvl.config import VAEConfig
 from unimedvl.data.storage import iter_samples
-from unimedvl.images import load_image, to_tensor
-from unimedvl.io_utils import atomic_write_text
+from unimedvl.imaging.pixels import load_image, to_tensor
 from unimedvl.model.vae import AutoEncoder
-from unimedvl.train.data import tempered_weights
+from unimedvl.train.packer import tempered_weights
+from unimedvl.train.schedule import lr_factor
 
 
 def corpus_images(corpus: str | Path, split: str = "train", limit: int | None = None) -> dict[str, list[bytes]]:
@@ -109,7 +107,7 @@ def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group["lr"] = lr * lr_factor(step, 0, steps, "cosine", 0.0)
         optimizer.step()
         losses.append(float(l1.detach()))
         if log_every and (step + 1) % log_every == 0:
@@ -118,10 +116,5 @@ def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, 
         x = _batch(sampler, size, 64, random.Random(f"{seed}/stats"))
         mean = model.moments(x).chunk(2, dim=1)[0]
         final = replace(config, shift_factor=round(float(mean.mean()), 4), scale_factor=round(1.0 / float(mean.std()), 4))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".ae.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(out / "ae.safetensors")
-    atomic_write_text(out / "vae_config.json", json.dumps(final.to_json_dict(), indent=2) + "\n")
+    save_vae(out, model, final)
     return losses

@@ -147,7 +147,7 @@ class LLMJudge:
 
     def __init__(self, endpoint: str, model: str, cache_path: str | Path, *, api_key: str | None = None,
                  rubric: str = JUDGE_RUBRIC, timeout: float = 60.0) -> None:
-        from unimedvl.openai_compat import CachedChatClient
+        from unimedvl.data.llm_client import CachedChatClient
 
         self.rubric = rubric
         self.client = CachedChatClient(endpoint, model, cache_path, api_key=api_key, timeout=timeout)

@@ -24,7 +24,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from unimedvl.io_utils import atomic_write_bytes, atomic_write_text
+from unimedvl.utils.files import atomic_write_bytes, atomic_write_text
 
 VERDICTS = ("accept", "reject")
 

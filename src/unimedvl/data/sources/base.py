@@ -81,7 +81,7 @@ class SourceConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> "SourceConfig":
-        from unimedvl.io_utils import read_yaml_mapping
+        from unimedvl.utils.files import read_yaml_mapping
 
         data = read_yaml_mapping(path, "source file")
         config = cls.from_dict(data, path.parent, path.name)

@@ -10,8 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from unimedvl.data.sources.base import (Adapter, RawRecord, RecordError, encode_png, image_ref_from_bytes,
-                                        read_image_file, register)
+from unimedvl.data.sources.base import (
+    Adapter,
+    RawRecord,
+    RecordError,
+    encode_png,
+    image_ref_from_bytes,
+    read_image_file,
+    register,
+)
 
 _MODALITY_WORDS = (
     ("chest_xray", r"\b(x-?ray|radiograph|cxr)\b"), ("ct", r"\b(ct|computed tomography)\b"),

@@ -1,16 +1,12 @@
-"""Image input/output and the reference resize rules.
+"""Image input/output: paths, PIL images or arrays in; `[3, H, W]` tensors in [-1, 1] and back.
 
 * :func:`load_image` turns a path, PIL image or numpy array into an RGB PIL image, with clear
   errors for missing, unreadable, truncated or oversized files.
-* :class:`ResizeRule` is the reference `MaxLongEdgeMinShortEdgeResize`: bounded long edge, minimum
-  short edge, sides rounded to a stride (Python's round-half-to-even, as the reference), a pixel
-  budget; bicubic resampling (PIL's, antialiased).
 * :func:`to_tensor` / :func:`to_uint8` convert between PIL and `[3, H, W]` float in [-1, 1].
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -23,56 +19,6 @@ from unimedvl.errors import InputError
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 DEFAULT_MAX_IMAGE_PIXELS = 20_000_000  # the reference refuses images above 20 MP
-
-
-@dataclass(frozen=True)
-class ResizeRule:
-    max_size: int
-    min_size: int
-    stride: int
-    max_pixels: int = 14 * 14 * 9 * 1024  # 1,806,336
-
-    def _divisible(self, value: float) -> int:
-        return max(self.stride, int(round(value / self.stride) * self.stride))
-
-    def _scaled(self, width: int, height: int, scale: float) -> tuple[int, int]:
-        return self._divisible(round(width * scale)), self._divisible(round(height * scale))
-
-    def target_size(self, width: int, height: int, img_num: int = 1) -> tuple[int, int]:
-        """Output (width, height) for an input of (width, height), exactly as the reference computes it."""
-        scale = min(self.max_size / max(width, height), 1.0)
-        scale = max(scale, self.min_size / min(width, height))
-        new_w, new_h = self._scaled(width, height, scale)
-        if new_w * new_h > self.max_pixels / img_num:
-            new_w, new_h = self._scaled(new_w, new_h, self.max_pixels / img_num / (new_w * new_h))
-        if max(new_w, new_h) > self.max_size:
-            new_w, new_h = self._scaled(new_w, new_h, self.max_size / max(new_w, new_h))
-        return new_w, new_h
-
-    def __call__(self, image: Image.Image, img_num: int = 1) -> Image.Image:
-        size = self.target_size(*image.size, img_num=img_num)
-        return image if size == image.size else image.resize(size, Image.BICUBIC)
-
-
-# The rules the reference scripts use (reference-architecture.md §3.1).
-UNIMEDVL_VAE = ResizeRule(1024, 32, 16)  # generator VAE transform
-UNIMEDVL_GEN_VIT = ResizeRule(980, 387, 14)  # generator ViT transform
-UNIMEDVL_VQA_VIT = ResizeRule(980, 378, 14, 2_007_040)  # VQA script ViT transform
-BAGEL_VAE = ResizeRule(1024, 512, 16)
-BAGEL_VIT = ResizeRule(980, 224, 14)
-RESIZE_RULES = {
-    "unimedvl_generator_vae": UNIMEDVL_VAE,
-    "unimedvl_generator_vit": UNIMEDVL_GEN_VIT,
-    "unimedvl_vqa_vit": UNIMEDVL_VQA_VIT,
-    "bagel_vae": BAGEL_VAE,
-    "bagel_vit": BAGEL_VIT,
-}
-
-
-def generation_target_size(width: int, height: int) -> tuple[int, int]:
-    """Output (height, width) for an edit of a width x height input (the inferencer's helper)."""
-    w, h = UNIMEDVL_VAE.target_size(width, height)
-    return h, w
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -148,3 +94,25 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """`[3, H, W]` in [-1, 1] -> `[H, W, 3]` uint8, truncating like the reference."""
     x = (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255
     return x.to(torch.uint8).cpu().numpy()
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def output_format(path: str | Path) -> str:
+    """The PIL format an output file name asks for; refuses other suffixes (checked before any work)."""
+    fmt = IMAGE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(f"--out must end in .png, .jpg or .webp, got {Path(path).name}")
+    return fmt
+
+
+def save_image(image: Image.Image, path: str | Path) -> None:
+    """Write an image atomically in the format its suffix names."""
+    from io import BytesIO
+
+    from unimedvl.utils.files import atomic_write_bytes
+
+    buffer = BytesIO()
+    image.save(buffer, format=output_format(path))
+    atomic_write_bytes(path, buffer.getvalue())

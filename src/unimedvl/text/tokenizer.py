@@ -8,16 +8,26 @@ Qwen2's pre-tokenizer regex and NFC normalisation, and the added tokens of `toke
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from unimedvl.errors import CheckpointError, InputError
-from unimedvl.model.packing import SpecialTokens
 
 QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the four tokens that frame text and images (the reference's `new_token_ids`)."""
+
+    bos: int  # <|im_start|>
+    eos: int  # <|im_end|>
+    start_of_image: int  # <|vision_start|>
+    end_of_image: int  # <|vision_end|>
+
+
 SPECIAL_TOKEN_NAMES = {
     "bos": "<|im_start|>",
     "eos": "<|im_end|>",
@@ -26,8 +36,8 @@ SPECIAL_TOKEN_NAMES = {
 }
 
 
-def _from_vocab_and_merges(folder: Path) -> Tokenizer:
-    bpe = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+def qwen2_byte_level(bpe: models.BPE) -> Tokenizer:
+    """A byte-level BPE tokenizer with Qwen2's normalisation (NFC), pre-tokenizer regex and decoder."""
     tok = Tokenizer(bpe)
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -35,6 +45,11 @@ def _from_vocab_and_merges(folder: Path) -> Tokenizer:
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _from_vocab_and_merges(folder: Path) -> Tokenizer:
+    tok = qwen2_byte_level(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
     config_path = folder / "tokenizer_config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -88,6 +103,12 @@ class TextTokenizer:
     def frame(self, text: str) -> list[int]:
         """`[<|im_start|>] + encode(text) + [<|im_end|>]`: how every text segment enters the model."""
         return [self.special.bos, *self.encode(text), self.special.eos]
+
+    def save(self, folder: str | Path) -> None:
+        """Write `tokenizer.json` (atomically), the file `from_dir` reads first."""
+        from unimedvl.utils.files import atomic_write_text
+
+        atomic_write_text(Path(folder) / "tokenizer.json", self.backend.to_str(pretty=True))
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)

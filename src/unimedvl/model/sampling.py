@@ -17,7 +17,7 @@ rule; with text scale <= 1 the image scale does nothing):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, TypeVar
 
 import torch
 
@@ -25,6 +25,7 @@ from unimedvl.errors import InputError
 
 RenormType = Literal["global", "channel", "text_channel"]
 Branch = Literal["cond", "text_uncond", "image_uncond"]
+T = TypeVar("T", float, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,14 @@ class GuidanceOptions:
         return cls(**base)  # type: ignore[arg-type]
 
 
+def shift_time(t: T, shift: float) -> T:
+    """The timestep shift `s t / (1 + (s - 1) t)`, for a float or a tensor (training draws use it too)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def flow_schedule(num_timesteps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Shifted times `t_0..t_{N-2}` and step sizes `dt` (float32), N-1 model calls in all."""
-    t = torch.linspace(1, 0, num_timesteps)
-    t = shift * t / (1 + (shift - 1) * t)
+    t = shift_time(torch.linspace(1, 0, num_timesteps), shift)
     return t[:-1], t[:-1] - t[1:]
 
 

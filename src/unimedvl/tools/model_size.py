@@ -7,12 +7,12 @@ Counts are grouped by the released checkpoint's key names, so `total` is the num
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from unimedvl.config import UnifiedConfig
-from unimedvl.model.unified import UniMedVLModel
-from unimedvl.model.vae import AutoEncoder
+from unimedvl.model.builder import build_model, build_vae
 
 GROUPS = (
     ("token embeddings + lm_head", lambda k: k.startswith(("language_model.model.embed_tokens", "language_model.lm_head"))),
@@ -53,9 +53,7 @@ def _gib(nbytes: int) -> str:
 
 
 def model_size(config: UnifiedConfig) -> ModelSize:
-    with torch.device("meta"):
-        model = UniMedVLModel(config)
-        vae = AutoEncoder(config.vae)
+    model, vae = build_model(config), build_vae(config.vae)
     sizes = {k: v.numel() for k, v in model.state_dict().items()}
     groups: dict[str, int] = {}
     remaining = dict(sizes)
@@ -84,3 +82,23 @@ def weights_file_summary(files: list) -> str:
                 dtypes.add(tensor.get_dtype())
     names = ", ".join(p.name for p in files)
     return f"weights file: {names}: {count} tensors, {numel:,} values, dtype {'/'.join(sorted(dtypes))}"
+
+
+def describe(config: UnifiedConfig, source: str, *, folder: Path | None = None) -> list[str]:
+    """What `unimedvl info` prints: the architecture, counts per component, memory per dtype, the weights file."""
+    from unimedvl.checkpoint.weights import weight_files
+    from unimedvl.errors import UnimedvlError
+
+    llm, vit = config.llm, config.vit
+    lines = [f"config: {source}",
+             f"LLM: {llm.num_hidden_layers} MoT layers, hidden {llm.hidden_size}, {llm.num_attention_heads} heads / "
+             f"{llm.num_key_value_heads} KV heads, MLP {llm.intermediate_size}, vocab {llm.vocab_size}",
+             f"ViT: {vit.num_hidden_layers} layers used, hidden {vit.hidden_size}, patch {vit.patch_size}; "
+             f"VAE: ch {config.vae.ch} x {list(config.vae.ch_mult)}, z {config.vae.z_channels}",
+             *model_size(config).lines()]
+    if folder is not None:
+        try:
+            lines.append(weights_file_summary(weight_files(folder, "ema")))
+        except UnimedvlError as exc:
+            lines.append(f"weights file: {exc}")
+    return lines

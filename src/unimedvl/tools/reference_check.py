@@ -1,6 +1,6 @@
 """Reproduce a reference fixture folder and report every checked tensor.
 
-    python -m unimedvl.reference_check tests/fixtures/reference-tiny
+    python -m unimedvl.tools.reference_check tests/fixtures/reference-tiny
 
 A fixture folder holds a checkpoint in the released layout plus `fixture.json` and
 `case_*.safetensors` recorded from the original UniMedVL code (schema `unimedvl-refcheck-fixture/1`).
@@ -26,11 +26,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from unimedvl.engine import GenerationTrace, TextOptions, UniMedVL
+from unimedvl.checkpoint.folder import load_checkpoint
+from unimedvl.config import ImageConfig, ResizeBounds
 from unimedvl.errors import UnimedvlError
-from unimedvl.images import RESIZE_RULES, ResizeRule, generation_target_size, to_tensor
-from unimedvl.loading import load_checkpoint
-from unimedvl.sampling import GuidanceOptions
+from unimedvl.imaging.pixels import to_tensor
+from unimedvl.imaging.resize import RESIZE_RULES, ResizeRule, generation_target_size
+from unimedvl.inference.engine import GenerationTrace, TextOptions, UniMedVL
+from unimedvl.model.sampling import GuidanceOptions
 
 SCHEMA = "unimedvl-refcheck-fixture/1"
 BRANCH_NAMES = {"v_cond": "cond", "v_text_uncond": "text_uncond", "v_img_uncond": "image_uncond"}
@@ -53,9 +55,9 @@ class Check:
         return f"{self.case:<8} {self.name:<28} max_err={self.error:.3e}  tol={tol:<8} {'PASS' if self.passed else 'FAIL'}"
 
 
-def _identity_rule(stride: int) -> ResizeRule:
-    # The golden run bypasses resizing; sides are already multiples of the stride.
-    return ResizeRule(max_size=10**6, min_size=1, stride=stride, max_pixels=10**12)
+# The golden run bypasses resizing; sides are already multiples of the stride.
+_NO_RESIZE = ResizeBounds(max_size=10**6, min_size=1, max_pixels=10**12)
+IDENTITY_SIZES = ImageConfig(understanding_vit=_NO_RESIZE, generation_vit=_NO_RESIZE, vae=_NO_RESIZE, default_size=1024)
 
 
 class FixtureRunner:
@@ -68,10 +70,7 @@ class FixtureRunner:
         if self.meta.get("schema") != SCHEMA:
             raise UnimedvlError(f"fixture.json schema is {self.meta.get('schema')!r}, expected {SCHEMA!r}")
         loaded = load_checkpoint(folder, dtype="float32", device="cpu")
-        cfg = loaded.config
-        self.engine = UniMedVL(loaded, vqa_vit_rule=_identity_rule(cfg.vit.patch_size),
-                               gen_vae_rule=_identity_rule(cfg.latent_downsample),
-                               gen_vit_rule=_identity_rule(cfg.vit.patch_size))
+        self.engine = UniMedVL(loaded, image_config=IDENTITY_SIZES)
         self.model, self.special = self.engine.model, self.engine.special
         self.checks: list[Check] = []
 
@@ -158,7 +157,7 @@ class FixtureRunner:
                      t["time_embedding"])
         block = self.model.frame_image_block(embeds, self.special)
         self.compare(case, "query_embeddings", block, t["query_embeddings"])
-        hidden = self.model.run_latent_block(ctx, embeds, self.special, commit=False)
+        hidden = self.model.noisy_latent_hidden(ctx, embeds, self.special)
         self.compare(case, "final_hidden", hidden, t["final_hidden"])
         self.compare(case, "velocity", self.model.llm2vae(hidden[1:-1]), t["velocity"])
 
@@ -255,7 +254,7 @@ class FixtureRunner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unimedvl.reference_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unimedvl.tools.reference_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="fixture folder (checkpoint + fixture.json + case_*.safetensors)")
     args = parser.parse_args(argv)
     try:

@@ -24,14 +24,15 @@ from typing import Callable, Iterable, Literal, Sequence
 import torch
 from PIL import Image
 
+from unimedvl.checkpoint.folder import LoadedCheckpoint, load_checkpoint
+from unimedvl.config import ImageConfig, UnifiedConfig
 from unimedvl.errors import InputError
-from unimedvl.images import (UNIMEDVL_GEN_VIT, UNIMEDVL_VAE, UNIMEDVL_VQA_VIT, ImageLike, ResizeRule,
-                             load_image, to_tensor, to_uint8)
-from unimedvl.loading import LoadedCheckpoint, load_checkpoint
+from unimedvl.imaging.pixels import ImageLike, load_image, to_tensor, to_uint8
+from unimedvl.imaging.resize import ResizeRule
 from unimedvl.model.kv_cache import KVCache
 from unimedvl.model.packing import unpatchify
-from unimedvl.prompts import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
-from unimedvl.sampling import Branch, GuidanceOptions, StepRecord, sample_flow
+from unimedvl.model.sampling import Branch, GuidanceOptions, StepRecord, sample_flow
+from unimedvl.text.prompts import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 ProgressFn = Callable[[int, int], None]
@@ -90,29 +91,38 @@ def _check_prompt(text: object, what: str = "prompt") -> str:
     return text
 
 
-class UniMedVL:
-    """The model, its VAE and tokenizer, loaded once; every task is a method."""
+def check_generation_size(config: UnifiedConfig, height: object, width: object) -> None:
+    """Refuse an output size the network cannot draw (callable before any weights are loaded)."""
+    ds = config.latent_downsample
+    limit = ds * config.max_latent_size
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < ds or value % ds or value > limit:
+            raise InputError(f"{name} must be a multiple of {ds} between {ds} and {limit}, got {value!r}")
 
-    def __init__(self, loaded: LoadedCheckpoint, *, vqa_vit_rule: ResizeRule | None = None,
-                 gen_vae_rule: ResizeRule | None = None, gen_vit_rule: ResizeRule | None = None) -> None:
+
+class UniMedVL:
+    """The model, its VAE and tokenizer, loaded once; every task is a method.
+
+    Images are sized by the checkpoint's :class:`~unimedvl.config.ImageConfig` (`image_config.json`,
+    or the reference rules for a released checkpoint); `image_config` overrides it.
+    """
+
+    def __init__(self, loaded: LoadedCheckpoint, *, image_config: ImageConfig | None = None) -> None:
         self.config = loaded.config
         self.model = loaded.model
         self.vae = loaded.vae
         self.tokenizer = loaded.tokenizer
         self.special = loaded.tokenizer.special
         self.load_reports = loaded.reports
-        # Resize rules: the reference's, unless the checkpoint says it was trained at other sizes.
-        sizes = loaded.image_config or {}
-        vit = ResizeRule(sizes["vit_max"], sizes["vit_min"], self.config.vit.patch_size) if "vit_max" in sizes else None
-        vae = ResizeRule(sizes["vae_max"], sizes["vae_min"], self.config.latent_downsample) if "vae_max" in sizes else None
-        self.vqa_vit_rule = vqa_vit_rule or vit or UNIMEDVL_VQA_VIT
-        self.gen_vae_rule = gen_vae_rule or vae or UNIMEDVL_VAE
-        self.gen_vit_rule = gen_vit_rule or vit or UNIMEDVL_GEN_VIT
-        self.default_image_size = int(sizes.get("default_size", 1024))
+        self.image_config = image_config or loaded.image_config
+        sizes, patch, cell = self.image_config, self.config.vit.patch_size, self.config.latent_downsample
+        self.vqa_vit_rule = ResizeRule.from_bounds(sizes.understanding_vit, patch)
+        self.gen_vit_rule = ResizeRule.from_bounds(sizes.generation_vit, patch)
+        self.gen_vae_rule = ResizeRule.from_bounds(sizes.vae, cell)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **load_options: object) -> "UniMedVL":
-        """Load from a folder in the released layout (see :func:`unimedvl.loading.load_checkpoint`)."""
+        """Load from a folder in the released layout (see :func:`unimedvl.checkpoint.folder.load_checkpoint`)."""
         return cls(load_checkpoint(folder, **load_options))  # type: ignore[arg-type]
 
     @property
@@ -238,13 +248,6 @@ class UniMedVL:
         return self.generate_text(ctx, options, generator=self._generator(seed))
 
     # ------------------------------------------------------------ images
-    def _check_size(self, height: int, width: int) -> None:
-        ds = self.config.latent_downsample
-        limit = ds * self.config.max_latent_size
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < ds or value % ds or value > limit:
-                raise InputError(f"{name} must be a multiple of {ds} between {ds} and {limit}, got {value!r}")
-
     @torch.no_grad()
     def interleave(self, items: Sequence[str | ImageLike], *, output: Literal["image", "text"] = "image",
                    height: int | None = None, width: int | None = None, guidance: GuidanceOptions | None = None,
@@ -258,7 +261,8 @@ class UniMedVL:
             items: strings and images, in order.
             output: "text" answers from the full context (images ViT-only, as the reference does);
                 "image" generates one image with guidance.
-            height, width: output size; default: the last input image's (resized) size, else 1024x1024.
+            height, width: output size; default: the last input image's (resized) size, else the
+                image config's default size (1024 for a released checkpoint).
             guidance: sampling options; default :meth:`GuidanceOptions.editing` if an image is given,
                 else :meth:`GuidanceOptions.text_to_image`.
             think: plan first (reasoning system prompt, then decoded text added to the context).
@@ -317,7 +321,7 @@ class UniMedVL:
             answer = self.generate_text(gen_ctx, text_options, generator=generator)
             self.add_text(gen_ctx, answer.text)
         if height is None and width is None:
-            height, width = last_size or (1024, 1024)
+            height, width = last_size or (self.image_config.default_size,) * 2
         elif height is None or width is None:
             raise InputError("give both height and width, or neither")
         guidance = guidance or (GuidanceOptions.editing() if last_size else GuidanceOptions.text_to_image())
@@ -328,7 +332,7 @@ class UniMedVL:
     def _generate_image(self, cond: KVCache, text_uncond: KVCache, image_uncond: KVCache, height: int, width: int,
                         guidance: GuidanceOptions, *, generator: torch.Generator | None, noise: torch.Tensor | None,
                         progress: ProgressFn | None, trace: GenerationTrace | None) -> Image.Image:
-        self._check_size(height, width)
+        check_generation_size(self.config, height, width)
         ds = self.config.latent_downsample
         grid = (height // ds, width // ds)
         shape = (grid[0] * grid[1], self.config.patch_latent_dim)
@@ -369,10 +373,10 @@ class UniMedVL:
                  think: bool = False, seed: int | None = None, progress: ProgressFn | None = None,
                  **kwargs: object) -> Image.Image:
         """Text-to-image. Defaults follow BAGEL's T2I settings (scale 4, interval (0.4, 1], shift 3, 50 steps);
-        the size defaults to 1024x1024, or to the size a small checkpoint was trained at (image_config.json)."""
+        the size defaults to the image config's (1024 for a released checkpoint, the training size for ours)."""
         _check_prompt(prompt)
-        height = height or self.default_image_size
-        width = width or self.default_image_size
+        height = height or self.image_config.default_size
+        width = width or self.image_config.default_size
         image, _ = self.interleave([prompt], height=height, width=width,
                                    guidance=guidance or GuidanceOptions.text_to_image(), think=think, seed=seed,
                                    progress=progress, **kwargs)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Stage-2 data transforms: distilled chain-of-thought and caption-augmented generation prompts.
+"""Stage-2 data distillation: chain-of-thought answers and caption-augmented generation prompts from a teacher.
 
     unimedvl data transform IN_CORPUS --out OUT_CORPUS --teacher labels|local:DIR|openai:URL#MODEL
                             [--cot] [--captions] [--fraction 0.5]
@@ -9,7 +9,8 @@
 * Caption augmentation: a text-to-image prompt is enriched with a caption of the target image.
 
 Teachers are pluggable: an OpenAI-compatible endpoint (answers cached on disk), a local UniMedVL
-checkpoint, or `labels` - reasoning and captions written from the labels by templates, which is
+model (loaded by the caller and passed in: the data package never imports the engine), or
+`labels` - reasoning and captions written from the labels by templates, which is
 allowed for the bundled data and marked (`template_made`, `provenance.teacher = "labels"`).
 A deterministic `fraction` of the eligible samples is transformed; originals are kept, so the
 output corpus holds both. The output is a corpus in the same schema, with its own manifest.
@@ -19,18 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
-from unimedvl.data.schema import Item, Sample, arrow_schema, sample_id
-from unimedvl.data.storage import iter_samples, sha256_file, write_parquet_atomic
+from unimedvl.data.manifest import Manifest
+from unimedvl.data.schema import Item, Sample, sample_id
+from unimedvl.data.storage import ShardWriter, iter_samples
 from unimedvl.data.tasks import MODALITY_NAMES
 from unimedvl.errors import ConfigError
-from unimedvl.io_utils import atomic_write_text
-from unimedvl.prompts import VLM_THINK_SYSTEM_PROMPT
+from unimedvl.text.prompts import VLM_THINK_SYSTEM_PROMPT
 
 COT_SYSTEM = ("You are a senior radiologist and pathologist writing teaching material for a medical vision-language "
               "model. Given a question about one medical image and its correct answer, write the reasoning (2 to 4 "
@@ -71,7 +71,7 @@ class EndpointTeacher:
     template_made = False
 
     def __init__(self, endpoint: str, model: str, cache_path: Path, api_key: str | None = None) -> None:
-        from unimedvl.openai_compat import CachedChatClient
+        from unimedvl.data.llm_client import CachedChatClient
 
         self.name = f"endpoint:{model}"
         self.client = CachedChatClient(endpoint, model, cache_path, api_key=api_key)
@@ -86,16 +86,20 @@ class EndpointTeacher:
         return None if reply is None else reply.strip()
 
 
+class Asker(Protocol):
+    """What a local teacher needs of a model: `UniMedVL.ask` (the caller loads it)."""
+
+    def ask(self, images: list, question: str, *, max_new_tokens: int) -> Any: ...
+
+
 class LocalModelTeacher:
-    """A local UniMedVL checkpoint that sees the image (greedy decoding)."""
+    """A local UniMedVL model that sees the image (greedy decoding)."""
 
     template_made = False
 
-    def __init__(self, folder: str | Path, max_new_tokens: int = 96) -> None:
-        from unimedvl.engine import UniMedVL
-
-        self.name = f"local:{Path(folder).name}"
-        self.engine = UniMedVL.from_pretrained(folder)
+    def __init__(self, model: Asker, name: str, max_new_tokens: int = 96) -> None:
+        self.name = f"local:{name}"
+        self.engine = model
         self.max_new_tokens = max_new_tokens
 
     def _image(self, sample: Sample):  # noqa: ANN202
@@ -119,11 +123,15 @@ class LocalModelTeacher:
         return text or None
 
 
-def make_teacher(spec: str, work_dir: Path) -> Teacher:
+def make_teacher(spec: str, work_dir: Path, *, load_local: Callable[[str], Asker] | None = None) -> Teacher:
+    """`labels`, `local:DIR` (needs `load_local`, which loads the model in DIR) or `openai:URL#MODEL`."""
     if spec == "labels":
         return LabelTeacher()
     if spec.startswith("local:"):
-        return LocalModelTeacher(spec.removeprefix("local:"))
+        folder = spec.removeprefix("local:")
+        if load_local is None:
+            raise ConfigError("a local teacher needs a model loader (the CLI passes one)")
+        return LocalModelTeacher(load_local(folder), Path(folder).name)
     if spec.startswith("openai:"):
         endpoint, _, model = spec.removeprefix("openai:").partition("#")
         if not endpoint or not model:
@@ -172,30 +180,17 @@ def with_caption(sample: Sample, teacher: Teacher) -> Sample | None:
 
 
 def transform_corpus(source: str | Path, out: str | Path, teacher: Teacher, *, cot: bool = True,
-                     captions: bool = True, fraction: float = 0.5, shard_rows: int = 5000, seed: int = 0) -> dict[str, Any]:
+                     captions: bool = True, fraction: float = 0.5, shard_rows: int = 5000, seed: int = 0) -> Manifest:
+    """A new corpus in `out`: every sample of `source`, plus the transformed copies of a chosen fraction."""
     source, out = Path(source), Path(out)
-    if not (source / "manifest.json").is_file():
-        raise ConfigError(f"{source} is not a built corpus (no manifest.json)")
+    original = Manifest.read(source)
     if not 0 < fraction <= 1:
         raise ConfigError("fraction must be in (0, 1]")
-    schema = arrow_schema()
-    shards: list[dict[str, Any]] = []
-    counts: dict[str, Counter] = {k: Counter() for k in ("modality", "task", "family", "split", "source", "transform")}
-    failures = Counter()
+    writer = ShardWriter(out, shard_rows)
+    transformed: Counter = Counter()
+    failures: Counter = Counter()
     splits = sorted(p.name for p in (source / "data").iterdir() if p.is_dir())
     for split in splits:
-        buffer: list[dict] = []
-        number = 0
-
-        def flush() -> None:
-            nonlocal buffer, number
-            if not buffer:
-                return
-            path = out / "data" / split / f"shard-{number:05d}.parquet"
-            write_parquet_atomic(path, buffer, schema)
-            shards.append({"path": str(path.relative_to(out)), "split": split, "rows": len(buffer), "sha256": sha256_file(path)})
-            buffer, number = [], number + 1
-
         for sample in iter_samples(source, split):
             outputs = [sample]
             if _chosen(sample.id, fraction, f"{seed}"):
@@ -210,18 +205,13 @@ def transform_corpus(source: str | Path, out: str | Path, teacher: Teacher, *, c
                         failures[name] += 1
                     else:
                         outputs.append(made)
-                        counts["transform"][name] += 1
+                        transformed[name] += 1
             for s in outputs:
-                buffer.append(s.to_row())
-                for key in ("modality", "task", "family", "split", "source"):
-                    counts[key][getattr(s, key)] += 1
-                if len(buffer) >= shard_rows:
-                    flush()
-        flush()
-    manifest = {"schema": json.loads((source / "manifest.json").read_text())["schema"],
-                "name": f"{json.loads((source / 'manifest.json').read_text())['name']}+stage2",
-                "derived_from": str(source), "teacher": teacher.name, "fraction": fraction,
-                "total": sum(s["rows"] for s in shards), "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
-                "teacher_failures": dict(failures), "shards": sorted(shards, key=lambda s: s["path"])}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                writer.add(s.to_row())
+    shards = writer.close()
+    manifest = Manifest(schema=original.schema, name=f"{original.name}+stage2", total=sum(s.rows for s in shards),
+                        counts={**writer.sorted_counts(), "transform": dict(sorted(transformed.items()))},
+                        shards=shards, origin={"derived_from": str(source), "teacher": teacher.name,
+                                               "fraction": fraction, "teacher_failures": dict(failures)})
+    manifest.write(out)
     return manifest

@@ -1,0 +1,171 @@
+"""The checkpoint folder, in the released layout: read by `load_checkpoint`, written by `save_checkpoint`.
+
+    llm_config.json, vit_config.json        model configs (reference overrides applied, config.py)
+    vae_config.json                         optional; FLUX defaults otherwise
+    image_config.json                       optional; the sizes a model was trained at (ImageConfig)
+    ema.safetensors | model.safetensors     network weights (or *_bf16 twins, or a sharded index)
+    ae.safetensors                          VAE weights (needed for image generation and editing)
+    tokenizer.json | vocab.json+merges.txt  Qwen2.5 tokenizer
+
+Every consumer (engine, trainer, evaluation, tools) obtains a model here; the network itself is
+built by `model/builder.py` and filled through the strict safetensors path (`weights.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from unimedvl.checkpoint import keymaps
+from unimedvl.checkpoint.weights import KeyMap, LoadReport, load_weights, safetensors_files, weight_files
+from unimedvl.config import ImageConfig, UnifiedConfig, VAEConfig
+from unimedvl.errors import CheckpointError, ConfigError
+from unimedvl.model.builder import build_model, build_vae
+from unimedvl.model.unified import UniMedVLModel
+from unimedvl.model.vae import AutoEncoder
+from unimedvl.text.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedCheckpoint:
+    config: UnifiedConfig
+    model: UniMedVLModel
+    vae: AutoEncoder | None
+    tokenizer: TextTokenizer
+    reports: list[LoadReport]
+    image_config: ImageConfig  # image_config.json, or the reference rules for a released checkpoint
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Storage dtype: fp32 by default on CPU, bf16 on GPU. fp16 is refused on CPU (no fp16 compute there)."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+        dtype = DTYPES[dtype]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ConfigError("float16 weights are supported on GPU only; use float32 or bfloat16 on CPU")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ConfigError(f"unsupported dtype {dtype}")
+    return dtype
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"invalid device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
+    return device
+
+
+def load_vae(path: Path, config: VAEConfig, *, dtype: torch.dtype, device: torch.device,
+             strict: bool = True) -> tuple[AutoEncoder, LoadReport]:
+    """The FLUX autoencoder from `ae.safetensors` (a DDP `module.` prefix is accepted)."""
+    vae = build_vae(config)
+    report = load_weights(vae, safetensors_files(path, "VAE weights"), keymaps.VAE, dtype=dtype, device=device,
+                          strict=strict)
+    return vae, report
+
+
+def load_component(model: UniMedVLModel, path: str | Path, key_map: KeyMap) -> LoadReport:
+    """Fill one part of an initialised model (fp32, its device) from a component checkpoint, strictly.
+
+    `key_map` is `keymaps.QWEN2` (both experts) or `keymaps.SIGLIP`; every key of its scope must
+    be filled, or be one the map allows to keep its initial value.
+    """
+    weight = model.language_model.model.embed_tokens.weight
+    return load_weights(model, safetensors_files(Path(path), key_map.name), key_map, dtype=torch.float32,
+                        device=weight.device)
+
+
+def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = None,
+                    device: str | torch.device | None = None, weights: Literal["ema", "model"] = "ema",
+                    strict: bool = True, load_vae_weights: bool = True) -> LoadedCheckpoint:
+    """Load config, network, VAE and tokenizer from `folder`. Raises CheckpointError/ConfigError on bad input."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    if weights not in ("ema", "model"):
+        raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    config = UnifiedConfig.from_checkpoint_dir(folder)
+    image_config = ImageConfig.from_checkpoint_dir(folder)
+    tokenizer = TextTokenizer.from_dir(folder)
+    if tokenizer.vocab_size > config.llm.vocab_size:
+        raise CheckpointError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.llm.vocab_size}"
+        )
+    files = weight_files(folder, weights)
+    model = build_model(config)
+    released = replace(keymaps.RELEASED, name=", ".join(f.name for f in files))
+    reports = [load_weights(model, files, released, dtype=dtype, device=device, strict=strict)]
+    model.eval().requires_grad_(False)
+    vae = None
+    if load_vae_weights:
+        ae_path = folder / "ae.safetensors"
+        if ae_path.is_file():
+            # The VAE stays fp32 on CPU (it is small, and bf16 convs are slow there).
+            vae_dtype = torch.float32 if device.type == "cpu" else dtype
+            vae, report = load_vae(ae_path, config.vae, dtype=vae_dtype, device=device, strict=strict)
+            reports.append(report)
+            vae.eval().requires_grad_(False)
+        else:
+            log.warning("%s has no ae.safetensors: image generation and editing are unavailable", folder)
+    for report in reports:
+        log.info("%s", report.format())
+    return LoadedCheckpoint(config=config, model=model, vae=vae, tokenizer=tokenizer, reports=reports,
+                            image_config=image_config)
+
+
+def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def save_vae(folder: str | Path, vae: AutoEncoder, config: VAEConfig) -> None:
+    """`ae.safetensors` and `vae_config.json` (a VAE of our own; the loader reads both)."""
+    import json
+
+    from unimedvl.utils.files import atomic_write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_safetensors({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, folder / "ae.safetensors")
+    atomic_write_text(folder / "vae_config.json", json.dumps(config.to_json_dict(), indent=2) + "\n")
+
+
+def save_checkpoint(folder: str | Path, *, config: UnifiedConfig, weights: dict[str, torch.Tensor],
+                    vae_weights: dict[str, torch.Tensor], tokenizer: TextTokenizer, image_config: ImageConfig
+                    ) -> Path:
+    """Write a folder `load_checkpoint` reads: weights in bf16 (as released), the VAE as it is, configs, tokenizer.
+
+    Every file is written atomically (temporary name, then rename).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_safetensors({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in weights.items()},
+                        folder / "ema.safetensors")
+    _atomic_safetensors({k: v.detach().cpu().contiguous() for k, v in vae_weights.items()}, folder / "ae.safetensors")
+    config.save_to_dir(folder)
+    tokenizer.save(folder)
+    image_config.save_to_dir(folder)
+    return folder

@@ -1,0 +1,88 @@
+"""Command line: one table of commands (:data:`COMMANDS`), each a thin wrapper over a library function.
+
+    unimedvl ask | generate | edit | info | demo | train
+    unimedvl data build | transform | review | agreement
+
+Inputs and outputs are checked before a model loads. Every error a user can cause (a bad file,
+option or value, an unknown command, a missing argument) prints one line `error: ...` and exits
+with status 2; `main(argv)` returns the status instead of exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import typer
+
+from unimedvl.cli import commands, data_commands
+from unimedvl.errors import UnimedvlError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    function: Callable[..., None]
+    group: str | None = None  # a sub-command group ("data"), or None for a top-level command
+    extra_args: bool = False  # takes key=value overrides after its arguments
+
+    @property
+    def usage(self) -> str:
+        return " ".join(p for p in ("unimedvl", self.group, self.name) if p)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("ask", commands.ask),
+    Command("generate", commands.generate),
+    Command("edit", commands.edit),
+    Command("info", commands.info),
+    Command("demo", commands.demo),
+    Command("train", commands.train, extra_args=True),
+    Command("build", data_commands.build, group="data"),
+    Command("transform", data_commands.transform, group="data"),
+    Command("review", data_commands.review, group="data"),
+    Command("agreement", data_commands.agreement, group="data"),
+)
+GROUPS = {"data": "Build and review multimodal corpora."}
+
+
+def build_app() -> typer.Typer:
+    options = dict(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    app = typer.Typer(help="UniMedVL: one model for medical image understanding and generation.", **options)
+    groups = {name: typer.Typer(help=text, **options) for name, text in GROUPS.items()}
+    for name, group in groups.items():
+        app.add_typer(group, name=name)
+    for command in COMMANDS:
+        target = groups[command.group] if command.group else app
+        settings = {"allow_extra_args": True, "ignore_unknown_options": False} if command.extra_args else {}
+        target.command(command.name, context_settings=settings)(command.function)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input or usage, 130 interrupted)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        build_app()(args=argv, prog_name="unimedvl", standalone_mode=False)
+    except UnimedvlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as exc:  # click's usage errors: unknown command, missing or bad option
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no command given: the help is the answer
+            print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
+            return 2
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

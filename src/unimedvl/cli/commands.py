@@ -1,0 +1,169 @@
+"""The model and training commands: each checks its inputs and outputs, then calls one library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from unimedvl.cli.options import CheckpointOpt, DeviceOpt, DtypeOpt, ModelChoice, progress, with_guidance
+
+
+def ask(
+    images: List[Path] = typer.Argument(None, help="Image file(s) to ask about."),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="The question or report request."),
+    batch: Optional[Path] = typer.Option(None, "--batch", help='JSONL file of {"image": path|[paths], '
+                                         '"question": text} lines, answered with one loaded model.'),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON lines here instead of stdout."),
+    max_new_tokens: int = typer.Option(512, help="Most tokens to generate."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold."),
+    think: bool = typer.Option(False, "--think", help="Reason in <think> tags before answering."),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling."),
+    checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+) -> None:
+    """Answer a question or write a report about medical images."""
+    from unimedvl.errors import InputError
+    from unimedvl.imaging.pixels import load_image
+    from unimedvl.inference.engine import TextOptions
+
+    options = TextOptions(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p)
+    choice = ModelChoice(checkpoint, dtype, device)
+    if batch is None:
+        if question is None:
+            raise InputError("give --question (or --batch FILE.jsonl)")
+        pictures = [load_image(p) for p in images or []]  # bad images are refused before the model loads
+        print(choice.load().ask(pictures, question, think=think, options=options, seed=seed).text)
+        return
+    if images or question:
+        raise InputError("--batch takes its images and questions from the file; do not pass them as well")
+    if not batch.is_file():
+        raise InputError(f"batch file not found: {batch}")
+    from unimedvl.inference.batch import answer_lines
+
+    lines = batch.read_text(encoding="utf-8").splitlines()
+    results = []
+    for record in answer_lines(choice.load(), lines, base_dir=batch.parent, options=options, think=think, seed=seed):
+        results.append(json.dumps(record, ensure_ascii=False))
+        print(f"\ranswered {record['line']}/{len(lines)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    text = "\n".join(results) + ("\n" if results else "")
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        from unimedvl.utils.files import atomic_write_text
+
+        atomic_write_text(out, text)
+
+
+@with_guidance("generate")
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw, e.g. 'A chest X-ray with pneumonia.'"),
+    out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="Output image file (.png, .jpg, .webp)."),
+    height: Optional[int] = typer.Option(None, help="Output height (multiple of 16; default: the model's size)."),
+    width: Optional[int] = typer.Option(None, help="Output width (multiple of 16; default: the model's size)."),
+    seed: int = typer.Option(0, help="Seed of the initial noise."),
+    think: bool = typer.Option(False, "--think", help="Plan in <think> tags first."),
+    checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
+) -> None:
+    """Generate an image from text."""
+    from unimedvl.imaging.pixels import output_format, save_image
+    from unimedvl.inference.engine import check_generation_size
+
+    output_format(out)
+    choice = ModelChoice(checkpoint, dtype, device)
+    config, sizes = choice.configs()
+    check_generation_size(config, height or sizes.default_size, width or sizes.default_size)
+    model = choice.load()
+    start = time.perf_counter()
+    image = model.generate(prompt, height=height, width=width, guidance=guidance, think=think, seed=seed,
+                           progress=progress("generate"))
+    save_image(image, out)
+    print(f"wrote {out} ({image.width}x{image.height}) in {time.perf_counter() - start:.1f} s")
+
+
+@with_guidance("edit")
+def edit(
+    image: Path = typer.Argument(..., help="Input image."),
+    instruction: str = typer.Argument(..., help="Edit instruction, e.g. 'Convert this H&E stain to HER2 IHC.'"),
+    out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="Output image file (.png, .jpg, .webp)."),
+    seed: int = typer.Option(0, help="Seed of the initial noise."),
+    understand_first: bool = typer.Option(False, "--understand-first",
+                                          help="Describe the image first and append that to the instruction."),
+    sample_posterior: bool = typer.Option(False, "--sample-posterior",
+                                          help="Sample the VAE posterior (reference behaviour) instead of its mean."),
+    think: bool = typer.Option(False, "--think", help="Plan in <think> tags first."),
+    checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
+) -> None:
+    """Edit an image following a text instruction (text and image guidance)."""
+    from unimedvl.imaging.pixels import load_image, output_format, save_image
+
+    output_format(out)
+    source = load_image(image)  # a bad image is refused before the model loads
+    model = ModelChoice(checkpoint, dtype, device).load()
+    start = time.perf_counter()
+    result = model.edit(source, instruction, guidance=guidance, understand_first=understand_first, think=think,
+                        seed=seed, sample_posterior=sample_posterior, progress=progress("edit"))
+    save_image(result, out)
+    print(f"wrote {out} ({result.width}x{result.height}) in {time.perf_counter() - start:.1f} s")
+
+
+def info(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Read the configs of this folder."),
+    config: Optional[str] = typer.Option(None, "--config", help="A preset instead: full or tiny."),
+) -> None:
+    """Parameter counts per component and memory per dtype (built on the meta device, nothing allocated)."""
+    from unimedvl.config import UnifiedConfig
+    from unimedvl.errors import InputError
+    from unimedvl.tools.model_size import describe
+
+    if checkpoint is not None and config is not None:
+        raise InputError("give --checkpoint or --config, not both")
+    if config is not None:
+        print("\n".join(describe(UnifiedConfig.preset(config), f"preset {config!r}")))
+        return
+    folder = ModelChoice(checkpoint).folder
+    print("\n".join(describe(UnifiedConfig.from_checkpoint_dir(folder), str(folder), folder=folder)))
+
+
+def demo(
+    out: Path = typer.Option(Path("outputs/demo"), "--out", "-o", help="Folder for the demo's outputs."),
+    checkpoint: Optional[Path] = CheckpointOpt,
+    steps: int = typer.Option(20, help="Timesteps per generated image."),
+    size: Optional[int] = typer.Option(None, help="Generated image side (default: the model's training size)."),
+) -> None:
+    """Run every task once on bundled real images; write the results and an HTML report to a folder."""
+    from unimedvl.inference.engine import check_generation_size
+    from unimedvl.model.sampling import GuidanceOptions
+    from unimedvl.tools.demo import run_demo
+
+    choice = ModelChoice(checkpoint)
+    GuidanceOptions(num_timesteps=steps)  # refuse bad values before loading
+    config, sizes = choice.configs()
+    check_generation_size(config, size or sizes.default_size, size or sizes.default_size)
+    report = run_demo(choice.load(), out, steps=steps, size=size, label=choice.label, progress=progress)
+    for answer in report["answers"]:  # type: ignore[union-attr]
+        print(f"Q ({answer['image']}): {answer['question']}\nA: {answer['answer']}")
+    print(f"wrote {out}/demo.html (questions, 3 generated images, 1 edit)")
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="A recipe YAML (see recipes/)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=3e-4 total_steps=20"),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the released layout here when training ends."),
+) -> None:
+    """Train one curriculum stage in this process (use `torchrun ... -m unimedvl.train` for several)."""
+    from unimedvl.train.run import run_recipe
+
+    history = run_recipe(recipe, list(overrides or []), export=export)
+    if export is not None:
+        print(f"exported {export}")
+    if history:
+        print(f"step {history[-1]['step']}: loss {history[-1]['loss']:.4f}")

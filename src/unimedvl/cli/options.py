@@ -1,0 +1,117 @@
+"""Options shared by several commands, each defined once: the model to load and the guidance knobs."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import typer
+
+CheckpointOpt = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder in the released layout "
+                             "(default: the built-in tiny model).")
+DtypeOpt = typer.Option(None, "--dtype", help="Weight dtype: float32, bfloat16 (float16 on GPU). Default: "
+                        "float32 on CPU, bfloat16 on GPU.")
+DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model a command uses; its configs can be read (and inputs checked) before the weights load."""
+
+    checkpoint: Path | None
+    dtype: str | None = None
+    device: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        from unimedvl.assets import default_checkpoint
+        from unimedvl.errors import CheckpointError
+
+        folder = self.checkpoint or default_checkpoint()
+        if not folder.is_dir():
+            raise CheckpointError(f"checkpoint folder not found: {folder}")
+        return folder
+
+    @property
+    def label(self) -> str:
+        return str(self.checkpoint or "built-in model")
+
+    def configs(self):  # noqa: ANN201 - (UnifiedConfig, ImageConfig), read from JSON only
+        from unimedvl.config import ImageConfig, UnifiedConfig
+
+        return UnifiedConfig.from_checkpoint_dir(self.folder), ImageConfig.from_checkpoint_dir(self.folder)
+
+    def load(self):  # noqa: ANN201 - UniMedVL
+        from unimedvl.inference.engine import UniMedVL
+
+        return UniMedVL.from_pretrained(self.folder, dtype=self.dtype, device=self.device)
+
+
+def progress(label: str) -> Callable[[int, int], None]:
+    """A `step/total` line on stderr, rewritten in place."""
+    def report(step: int, total: int) -> None:
+        end = "\n" if step == total else ""
+        print(f"\r{label}: step {step}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+# ------------------------------------------------------------------ guidance
+# (parameter, flag, type, GuidanceOptions field, help)
+GUIDANCE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
+    ("steps", "--steps", int, "num_timesteps", "Number of timesteps (N-1 model calls). Default 50."),
+    ("shift", "--shift", float, "timestep_shift", "Timestep shift. Default 3.0."),
+    ("cfg_text", "--cfg-text", float, "text_scale", "Text guidance scale. Default 4.0."),
+    ("cfg_image", "--cfg-image", float, "image_scale", "Image guidance scale. Default 1.0 (generate), 2.0 (edit)."),
+    ("cfg_interval", "--cfg-interval", str, "interval", "Guidance interval lo,hi on the shifted time."),
+    ("renorm", "--renorm", str, "renorm_type", "global, channel or text_channel."),
+    ("renorm_min", "--renorm-min", float, "renorm_min", "Lower clamp of the renorm factor."),
+)
+
+
+def guidance_options(kind: Literal["generate", "edit"], **values: Any):  # noqa: ANN201 - GuidanceOptions
+    """The defaults of `kind` (BAGEL's text-to-image or UniMedVL's editing) with the flags given."""
+    from unimedvl.errors import InputError
+    from unimedvl.model.sampling import GuidanceOptions
+
+    overrides: dict[str, Any] = {}
+    for name, flag, _, field_name, _ in GUIDANCE_FLAGS:
+        value = values.get(name)
+        if value is None:
+            continue
+        if name == "cfg_interval":
+            try:
+                value = tuple(float(v) for v in value.split(","))
+                if len(value) != 2:
+                    raise ValueError
+            except ValueError:
+                raise InputError(f"{flag} must look like 0.4,1.0, got {values[name]!r}") from None
+        overrides[field_name] = value
+    factory = GuidanceOptions.editing if kind == "edit" else GuidanceOptions.text_to_image
+    return factory(**overrides)
+
+
+def with_guidance(kind: Literal["generate", "edit"]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the guidance flags; it receives them as one `guidance: GuidanceOptions` argument."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != "guidance"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind_],
+                                   default=typer.Option(None, flag, help=text))
+                 for name, flag, kind_, _, text in GUIDANCE_FLAGS]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            values = {name: kwargs.pop(name) for name, *_ in GUIDANCE_FLAGS}
+            command(**kwargs, guidance=guidance_options(kind, **values))
+
+        wrapper.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}
+        return wrapper
+
+    return decorate

@@ -1,0 +1,1 @@
+"""Analysis level: one loaded model serving every task (`engine.py`), and batches of questions (`batch.py`)."""

@@ -1,0 +1,152 @@
+"""Packed training sequences from a built corpus.
+
+The stream is a pure function of (seed, step, pack index): which family is drawn (the stage's mix),
+which sample, the condition dropout, the flow timesteps and the noise. Resuming at step s therefore
+reproduces exactly what an uninterrupted run sees, whatever the number of ranks.
+
+Each pack concatenates whole samples (never split) until `tokens_per_pack` is reached; a sample
+becomes segments through :func:`plan_sample`, the one mapping (held-out losses use it too).
+Layout, positions, routing and attention come from `model/packing.py`, as at inference. Text
+splits are `[<|im_start|>] + ids + [<|im_end|>]`; with a loss, position k predicts token k+1.
+Condition dropout applies only to the inputs of samples that generate an image (the reference's
+`enable_cfg` items): a dropped text disappears, a dropped image still advances RoPE by one.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from unimedvl.config import ImageConfig, UnifiedConfig
+from unimedvl.data.schema import Sample
+from unimedvl.data.storage import iter_samples
+from unimedvl.errors import ConfigError
+from unimedvl.imaging.pixels import load_image, to_tensor
+from unimedvl.imaging.resize import ResizeRule
+from unimedvl.model.packing import LatentSegment, PackBuilder, PackedBatch, Segment, TextSegment, VitSegment
+from unimedvl.text.tokenizer import TextTokenizer
+from unimedvl.train.config import FAMILIES, DataConfig
+
+
+def tempered_weights(sizes: list[int], balance: float) -> list[float]:
+    """Draw weights of sources with these sizes: size ** balance.
+
+    balance 1.0 draws every sample equally often (sources in proportion to their size);
+    0.0 draws every source equally often; values between temper the large sources.
+    """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"source_balance must lie in [0, 1], got {balance}")
+    return [size**balance for size in sizes]
+
+
+class CorpusIndex:
+    """The samples of one split, grouped by task family and, within a family, by source.
+
+    Kept in memory: sized for small corpora. Sources are kept apart so that a stage can temper
+    their sizes (`DataConfig.source_balance`): one large set must not drown the small ones.
+    """
+
+    def __init__(self, corpus: str | Path, split: str = "train") -> None:
+        root = Path(corpus)
+        if not (root / "manifest.json").is_file():
+            raise ConfigError(f"{root} is not a built corpus (no manifest.json); run `unimedvl data build` first")
+        self.by_source: dict[str, dict[str, list[Sample]]] = {f: {} for f in FAMILIES}
+        for sample in iter_samples(root, split):
+            self.by_source[sample.family].setdefault(sample.source, []).append(sample)
+        if not any(self.by_source.values()):
+            raise ConfigError(f"{root} has no samples in split {split!r}")
+
+    @property
+    def by_family(self) -> dict[str, list[Sample]]:
+        """All samples of each family (sources concatenated)."""
+        return {f: [s for rows in self.by_source[f].values() for s in rows] for f in FAMILIES}
+
+    def source_weights(self, family: str, balance: float) -> tuple[list[str], list[float]]:
+        """Sources of a family (sorted, for a stable stream) and their `tempered_weights`."""
+        names = sorted(self.by_source[family])
+        return names, tempered_weights([len(self.by_source[family][n]) for n in names], balance)
+
+    def families(self, mix: dict[str, float]) -> tuple[list[str], list[float]]:
+        names = [f for f in FAMILIES if mix.get(f, 0) > 0 and self.by_source[f]]
+        if not names:
+            raise ConfigError(f"none of the mixed families {sorted(mix)} has samples in this corpus")
+        return names, [mix[f] for f in names]
+
+
+def plan_sample(sample: Sample, tokenizer: TextTokenizer, sizes: ImageConfig, model: UnifiedConfig,
+                rng: random.Random | None = None, dropout: DataConfig | None = None) -> list[Segment | None]:
+    """The one mapping from a corpus sample to packed segments, in order (training and held-out losses).
+
+    Items map as the corpus schema documents: a text item is a :class:`TextSegment` (loss on
+    assistant turns); an image item a :class:`VitSegment` (`use="vit"`), a :class:`LatentSegment`
+    (`use="vae"`; noisy when it carries the loss) or both, VAE first (`use="vae+vit"`).
+    Condition dropout (given `rng` and `dropout`) applies only to the inputs of samples that
+    generate an image: a dropped text disappears, a dropped image becomes `None` (it keeps its
+    RoPE slot, :meth:`PackBuilder.skip_image`).
+    """
+    generates = any(it.loss and it.kind == "image" for it in sample.items)
+    drops = rng is not None and dropout is not None and generates
+    vit_rule = ResizeRule.from_bounds(sizes.generation_vit, model.vit.patch_size)
+    vae_rule = ResizeRule.from_bounds(sizes.vae, model.latent_downsample)
+    out: list[Segment | None] = []
+    for item in sample.items:
+        if item.kind == "text":
+            if drops and not item.loss and rng.random() < dropout.text_dropout:  # type: ignore[union-attr]
+                continue
+            out.append(TextSegment(tuple(tokenizer.frame(item.text or "")), loss=item.loss))
+            continue
+        image = load_image(Image.open(io.BytesIO(item.image.data)))  # type: ignore[union-attr]
+        for use in (["vae", "vit"] if item.use == "vae+vit" else [item.use]):
+            if use == "vit":
+                resized = vit_rule(image)
+                segment: Segment = VitSegment(to_tensor(resized), _grid(resized, model.vit.patch_size))
+                dropped = drops and rng.random() < dropout.vit_dropout  # type: ignore[union-attr]
+            else:
+                resized = vae_rule(image)
+                segment = LatentSegment(_grid(resized, model.latent_downsample), noisy=item.loss,
+                                        pixels=to_tensor(resized))
+                dropped = drops and not item.loss and rng.random() < dropout.vae_dropout  # type: ignore[union-attr]
+            out.append(None if dropped else segment)
+    return out
+
+
+def _grid(image: Image.Image, cell: int) -> tuple[int, int]:
+    return image.height // cell, image.width // cell
+
+
+class PackMaker:
+    """Packs whole corpus samples into :class:`PackedBatch` es; a pure function of (seed, step, pack index)."""
+
+    def __init__(self, index: CorpusIndex, tokenizer: TextTokenizer, config: DataConfig, model: UnifiedConfig, *,
+                 seed: int) -> None:
+        self.index, self.tokenizer, self.config, self.model, self.seed = index, tokenizer, config, model, seed
+        self.sizes = config.image_config
+        self.families, self.weights = index.families(config.mix)
+        self.sources = {f: index.source_weights(f, config.balance_for(f)) for f in self.families}
+
+    def make(self, step: int, pack_index: int) -> PackedBatch:
+        rng = random.Random(f"{self.seed}/{step}/{pack_index}")
+        builder = PackBuilder(self.tokenizer.special)
+        ids_used: list[str] = []
+        attempts = 0
+        while builder.num_tokens < self.config.tokens_per_pack and attempts < 50:
+            attempts += 1
+            family = rng.choices(self.families, self.weights)[0]
+            names, weights = self.sources[family]
+            pool = self.index.by_source[family][rng.choices(names, weights)[0]]
+            sample = pool[rng.randrange(len(pool))]
+            planned = plan_sample(sample, self.tokenizer, self.sizes, self.model, rng, self.config)
+            if sum(s.num_tokens for s in planned if s is not None) > self.config.max_tokens_per_sample:
+                continue
+            if ids_used:
+                builder.new_sample()
+            ids_used.append(sample.id)
+            for segment in planned:
+                if segment is None:
+                    builder.skip_image()
+                else:
+                    builder.add(segment)
+        return builder.build(sample_ids=tuple(ids_used), seed=rng.randrange(2**31))
