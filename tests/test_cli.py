@@ -165,7 +165,7 @@ def test_the_command_table_and_the_readme_agree() -> None:
     from unimedvl.cli import COMMANDS, build_app
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    documented = set(re.findall(r"bin/unimedvl ((?:data )?[a-z]+)", readme))
+    documented = set(re.findall(r"bin/unimedvl ((?:data |eval )?[a-z][a-z-]*)", readme))
     table = {" ".join(c.usage.split()[1:]) for c in COMMANDS}
     assert documented == table, f"only in the README: {sorted(documented - table)}; only in the table: {sorted(table - documented)}"
     assert {c.name for c in build_app().registered_commands} == {c.name for c in COMMANDS if c.group is None}

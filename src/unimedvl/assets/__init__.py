@@ -8,6 +8,8 @@ ASSETS = Path(__file__).resolve().parent
 REFERENCE_TINY = ASSETS / "reference-tiny"
 SAMPLES = ASSETS / "samples"
 SAMPLE_CORPUS_CONFIG = ASSETS / "sample_data" / "build.yaml"
+EVAL_SETS = ASSETS / "eval_sets"  # held-out evaluation sets (scripts/build_eval_sets.py)
+JUDGE = ASSETS / "judge"  # the independent judge CNN / proxy feature extractor (eval/features.py)
 
 
 UNIMEDVL_TINY = ASSETS / "unimedvl-tiny"

@@ -2,6 +2,7 @@
 
     unimedvl ask | generate | edit | info | demo | train
     unimedvl data build | transform | review | agreement
+    unimedvl eval BENCHMARK | all | generation | counterfactual | merge | pairs
 
 Inputs and outputs are checked before a model loads. Every error a user can cause (a bad file,
 option or value, an unknown command, a missing argument) prints one line `error: ...` and exits
@@ -17,8 +18,9 @@ from typing import Callable
 
 import typer
 
-from unimedvl.cli import commands, data_commands
+from unimedvl.cli import commands, data_commands, eval_commands
 from unimedvl.errors import UnimedvlError
+from unimedvl.eval.benchmarks import BENCHMARKS
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("transform", data_commands.transform, group="data"),
     Command("review", data_commands.review, group="data"),
     Command("agreement", data_commands.agreement, group="data"),
+    *(Command(name, eval_commands.benchmark_command(name), group="eval") for name in BENCHMARKS),
+    Command("all", eval_commands.evaluate_all, group="eval"),
+    Command("generation", eval_commands.generation, group="eval"),
+    Command("counterfactual", eval_commands.counterfactual, group="eval"),
+    Command("merge", eval_commands.merge, group="eval"),
+    Command("pairs", eval_commands.pairs, group="eval"),
 )
-GROUPS = {"data": "Build and review multimodal corpora."}
+GROUPS = {"data": "Build and review multimodal corpora.",
+          "eval": "Evaluate on benchmarks (official formats or the bundled held-out sets); score image pairs."}
 
 
 def build_app() -> typer.Typer:

@@ -1,0 +1,1 @@
+"""Metrics: report text (`text.py`, through pycocoevalcap) and images (`image.py`: PSNR, SSIM, Dice, IoU, FID)."""

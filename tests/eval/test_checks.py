@@ -1,0 +1,42 @@
+"""The checks catch a model that answers from the text alone, and pass one that reads the image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval_helpers import LooksAtTheImage, TextOnly, write_bright_dark_set
+
+from unimedvl.eval.checks import flipped_question, sign_test_p
+from unimedvl.eval.runner import run_benchmark
+
+
+def test_a_text_only_model_fails_every_check(tmp_path: Path) -> None:
+    benchmark = write_bright_dark_set(tmp_path / "set")
+    results = run_benchmark(benchmark, benchmark.bundled, TextOnly(), tmp_path / "out")
+    checks = results["checks"]
+    assert results["accuracy"] == 0.5  # always "yes": the majority baseline, not a sign of reading the image
+    assert not checks["image_dependence"]["passed"]
+    assert checks["image_dependence"]["blank"]["accuracy"] == results["accuracy"]
+    assert not checks["phrasing"]["passed"] and checks["phrasing"]["agreement"] == 0.0
+    assert not checks["resolution"]["passed"]
+    assert "| image dependence |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_model_that_reads_the_image_passes_them(tmp_path: Path) -> None:
+    benchmark = write_bright_dark_set(tmp_path / "set")
+    results = run_benchmark(benchmark, benchmark.bundled, LooksAtTheImage(), tmp_path / "out")
+    checks = results["checks"]
+    assert results["accuracy"] == 1.0
+    dependence = checks["image_dependence"]
+    assert dependence["passed"] and dependence["blank"]["accuracy"] == 0.5 and dependence["blank"]["p"] < 0.05
+    assert checks["phrasing"]["passed"] and checks["phrasing"]["agreement"] == 1.0 and checks["phrasing"]["flipped"] == 12
+    assert checks["resolution"]["passed"] and checks["resolution"]["28px"]["accuracy"] == 1.0
+
+
+def test_polarity_rules_and_the_sign_test() -> None:
+    assert flipped_question("Is there pneumonia?") == "Is there no pneumonia?"
+    assert flipped_question("Is this chest X-ray normal?") == "Is this chest X-ray abnormal?"
+    assert flipped_question("Is the heart abnormal?") == "Is the heart normal?"
+    assert flipped_question("Does this image show a fracture?") == "Does this image show no fracture?"
+    assert flipped_question("What is this?") is None
+    assert sign_test_p(6, 0) == 1 / 64 and sign_test_p(0, 0) == 1.0 and sign_test_p(1, 1) == 0.75

@@ -1,0 +1,89 @@
+"""Generation and counterfactual scores: the proxy extractor, AUROC / F1 against direct counts, the commands."""
+
+from __future__ import annotations
+
+import json
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unimedvl.assets import JUDGE
+from unimedvl.cli import main
+from unimedvl.data.schema import MODALITIES
+from unimedvl.errors import CheckpointError
+from unimedvl.eval.classifier import SmallCNN
+from unimedvl.eval.features import JudgeExtractor, auroc, f1
+
+
+def test_auroc_equals_pair_counting_and_f1_a_hand_count() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(40), 1)  # rounded: many ties
+    labels = rng.integers(0, 2, 40)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    direct = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in product(pos, neg)) / (len(pos) * len(neg))
+    assert auroc(scores, labels) == pytest.approx(direct, abs=1e-12)
+    assert np.isnan(auroc([0.1, 0.2], [1, 1]))
+    assert f1([1, 1, 0, 0], [1, 0, 1, 0]) == pytest.approx(0.5)  # tp 1, fp 1, fn 1
+
+
+def test_the_extractor_round_trips_through_the_strict_loader(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    facts = {"modality_width": 1, "grid": 4}
+    judge = JudgeExtractor.from_models(SmallCNN(len(MODALITIES), width=1), SmallCNN(2), facts)
+    judge.save(tmp_path / "judge")
+    again = JudgeExtractor.load(tmp_path / "judge")
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (70, 50, 3), dtype=np.uint8)) for i in range(3)]
+    assert np.array_equal(judge.features(images), again.features(images)) and again.features(images).shape == (3, 1024)
+    assert len(again.sha256) == 64 and again.proxy
+    with pytest.raises(CheckpointError, match="no judge in"):
+        JudgeExtractor.load(tmp_path / "nowhere")
+
+
+def test_the_bundled_judge_reads_real_images() -> None:
+    from unimedvl.assets import EVAL_SETS
+    from unimedvl.eval.benchmarks import bundled
+
+    judge = JudgeExtractor.load(JUDGE)
+    items = [i for i in bundled.load(EVAL_SETS / "modality")]
+    images = [Image.open(i.image).convert("RGB") for i in items]
+    wanted = [MODALITIES.index(i.groups["modality"]) for i in items]
+    recognised = (judge.modality_probabilities(images).argmax(1) == np.array(wanted)).mean()
+    assert recognised > 0.8 and judge.features(images).shape == (len(items), 2048)
+
+
+def test_generation_and_counterfactual_commands(tmp_path: Path, fixture_dir: Path) -> None:
+    assert main(["eval", "generation", "--seeds", "2", "--steps", "2", "--size", "32", "-c", str(fixture_dir),
+                 "--out", str(tmp_path / "g")]) == 0
+    results = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert set(results["per_modality"]) == {"chest_xray", "ultrasound"} and len(results["extractors"]["proxy"]["sha256"]) == 64
+    row = results["per_modality"]["chest_xray"]
+    assert row["n"] == 4 and row["references"] == 78 and row["fid_proxy"] > 0 and 0 <= row["image_text_proxy"] <= 1
+    assert len(list((tmp_path / "g" / "images").glob("*.png"))) == 6
+    assert main(["eval", "counterfactual", "--limit", "4", "--steps", "2", "-c", str(fixture_dir),
+                 "--out", str(tmp_path / "c")]) == 0
+    cf = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert cf["n"] == 4 and 0 <= cf["auroc"] <= 1 and set(cf["explanation"]) >= {"bleu_3", "rouge_l"}
+    assert main(["eval", "generation", "--seeds", "1"]) == 2
+
+
+def test_the_fid_inception_network_loads_its_weights_strictly(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from unimedvl.eval.inception import FIDInception, InceptionExtractor
+
+    torch.manual_seed(0)
+    state = {k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # as pytorch-fid's file holds
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "fid_inception.safetensors"))
+    extractor = InceptionExtractor.load(tmp_path / "fid_inception.safetensors")
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 80, 3), dtype=np.uint8)) for i in range(2)]
+    features = extractor.features(images)
+    assert features.shape == (2, 2048) and np.isfinite(features).all() and not extractor.proxy
+    state.pop("Mixed_6a.branch3x3.conv.weight")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(CheckpointError, match="1 missing: Mixed_6a.branch3x3.conv.weight"):
+        InceptionExtractor.load(tmp_path / "partial.safetensors")
