@@ -16,7 +16,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "scripts"))
 
 VARIANTS = {"understanding only": {"understanding": 1.0}, "generation only": {"generation": 1.0},
             "joint": {"understanding": 0.5, "generation": 0.5}}
@@ -27,9 +26,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "unimedvl-tiny")
     parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args()
-    from evaluate_unimedvl_tiny import evaluate
-
     from unimedvl.eval.classifier import build_judge
+    from unimedvl.eval.corpus_eval import evaluate_on_corpus as evaluate
     from unimedvl.train.config import TrainConfig
     from unimedvl.train.trainer import Trainer
 

@@ -1,9 +1,9 @@
-"""Evaluate a UniMedVL-tiny checkpoint on the held-out (test) split of its corpus.
+"""Evaluate a UniMedVL-tiny checkpoint on the held-out splits of its corpus (`unimedvl.eval.corpus_eval`).
 
     .venv/bin/python scripts/evaluate_unimedvl_tiny.py --model DIR --corpus DIR --out DIR [--quick]
 
 Writes OUT/eval.json and OUT/eval.md: VQA accuracy per question type against the majority
-baseline, the independent classifier's accuracy on real test images, the rate at which generated
+baselines, the independent classifier's accuracy on real test images, the rate at which generated
 images are recognised as the requested modality (and pneumonia finding), and held-out losses.
 """
 
@@ -12,84 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def evaluate(model_dir: Path, corpus: Path, out: Path, *, quick: bool = False, classifier=None) -> dict:  # noqa: ANN001
-    from unimedvl.eval.classifier import build_judge
-    from unimedvl.eval.generation import evaluate_generation
-    from unimedvl.eval.heldout import heldout_losses
-    from unimedvl.eval.reconstruction import held_out_images, reconstruction_by_modality
-    from unimedvl.eval.vqa import evaluate_vqa
-    from unimedvl.inference.engine import UniMedVL
-    from unimedvl.train.config import DataConfig
-
-    engine = UniMedVL.from_pretrained(model_dir)
-    report: dict = {"model": str(model_dir), "corpus": str(corpus)}
-    start = time.perf_counter()
-    vqa = evaluate_vqa(engine, corpus, per_modality=10 if quick else 25)
-    report["vqa"] = vqa.per_type
-    report["vqa_by_modality"] = vqa.per_type_and_modality
-    report["vqa_examples"] = vqa.examples
-    if classifier is None:
-        classifier = build_judge(corpus, modality_epochs=10, pneumonia_epochs=4) if quick else build_judge(corpus)
-    report["classifier"] = classifier[2]
-    generation = evaluate_generation(engine, classifier[0], classifier[1], seeds=3 if quick else 6)
-    report["generation"] = {"per_modality": generation.per_modality, "overall": generation.overall,
-                            "pneumonia": generation.pneumonia, "predicted": generation.predicted}
-    recon = reconstruction_by_modality(engine.vae, held_out_images(corpus, per_modality=32, size=64), classifier[0])
-    report["vae_reconstruction"] = {m: vars(r) for m, r in recon.items()}
-    report["heldout"] = heldout_losses(engine, str(corpus), data=DataConfig(tokens_per_pack=384, max_tokens_per_sample=384))
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Evaluation of {model_dir.name}", "",
-             "Held-out = the val and test splits of the corpus (MedMNIST keeps its official val split), "
-             f"at most {10 if quick else 25} questions per question type and modality.", ""]
-    lines += ["## VQA on the held-out split", ""] + vqa.table() + ["", "Per modality:", ""] + vqa.modality_table() + [""]
-    c = report["classifier"]
-    lines += ["## Generated images, judged by an independent classifier", "",
-              f"Classifier (small CNN trained on {c['train_images']} real train images): modality accuracy on "
-              f"{c['test_images']} real held-out images {c['modality_accuracy_real_test']:.3f} (balanced "
-              f"{c['modality_balanced_accuracy_real_test']:.3f}; balanced on the same images blurred with sigma 1.5 px "
-              f"{c['modality_balanced_accuracy_real_test_blurred']:.3f}); pneumonia head ({c['pneumonia_train_images']} train "
-              f"chest X-rays) accuracy {c['pneumonia_accuracy_real_test']:.3f} (balanced "
-              f"{c['pneumonia_balanced_accuracy_real_test']:.3f}) on {c['pneumonia_test_images']} held-out ones.", "",
-              "| requested modality | recognised | judged as | judge's recall on real held-out images (n) "
-              "| on its real train images (n) |", "|---|---|---|---|---|"]
-
-    def recall(split: str, modality: str) -> str:
-        row = c[f"modality_recall_real_{split}"].get(modality)
-        return f"{row['recall']:.2f} ({row['images']})" if row else "none held out"
-
-    lines += [f"| {m} | {r:.2f} | {', '.join(f'{k} {v}' for k, v in generation.predicted[m].items())} "
-              f"| {recall('test', m)} | {recall('train', m)} |" for m, r in generation.per_modality.items()]
-    lines += ["", f"Chest X-ray finding recognised: {generation.pneumonia}", "",
-              "## VAE reconstruction of held-out images (64 px)", "",
-              "| modality | images | L1 | colourfulness in | colourfulness out | judge recognises in | out |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {r.images} | {r.l1:.3f} | {r.colour_in:.3f} | {r.colour_out:.3f} | {r.recognised_in:.2f} "
-              f"| {r.recognised_out:.2f} |" for m, r in recon.items()]
-    lines += ["",
-              f"Held-out losses (test split, teacher-forced): {report['heldout']}"]
-    (out / "eval.md").write_text("\n".join(lines) + "\n")
-    for index, (prompt, seed, image) in enumerate(generation.images):
-        image.save(out / f"generated_{index:02d}.png")
-    return report
-
-
 def main() -> None:
+    from unimedvl.eval.corpus_eval import evaluate_on_corpus
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    report = evaluate(args.model, args.corpus, args.out, quick=args.quick)
+    report = evaluate_on_corpus(args.model, args.corpus, args.out, quick=args.quick)
     print(json.dumps({k: v for k, v in report.items() if k != "vqa_examples"}, indent=2))
 
 

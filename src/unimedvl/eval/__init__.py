@@ -1,2 +1,4 @@
-"""Evaluation on held-out corpus splits: VQA accuracy against a majority baseline, and whether
-generated images are recognised by an independent classifier trained on real images."""
+"""Evaluation: the benchmark harness behind `unimedvl eval` (`benchmarks/`, `runner.py`, `scoring.py`,
+`checks.py`, `metrics/`, `predictors.py`, `generation_bench.py`; docs/evaluation.md), and the tiny
+model's held-out evaluation on its own corpus (`corpus_eval.py`: VQA per template, an independent
+image judge, VAE reconstruction, held-out losses)."""
