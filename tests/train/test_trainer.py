@@ -154,3 +154,37 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path: Path, train_corpus: Path) 
         assert bf16["ce"] != fp32["ce"]  # the matmuls really ran in bf16
         assert abs(bf16["ce"] - fp32["ce"]) < 0.03 * fp32["ce"] and abs(bf16["mse"] - fp32["mse"]) < 0.03 * fp32["mse"]
     assert not torch.equal(params["bf16"], params["fp32"]) and torch.allclose(params["bf16"], params["fp32"], atol=2e-3)
+
+
+class _Planted:
+    """Unpickling this object would write a marker file: the payload of a malicious checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_resume_reads_safetensors_only_and_changes_world_size(tmp_path: Path, train_corpus: Path) -> None:
+    import pickle
+
+    clean = write_recipe(tmp_path / "clean", train_corpus, total_steps=4, save_every=2)
+    assert _train(clean).wait(timeout=300) == 0
+    resumed = write_recipe(tmp_path / "resumed", train_corpus, total_steps=2, save_every=2)
+    assert _train(resumed).wait(timeout=300) == 0
+    checkpoint = tmp_path / "resumed" / "run" / "checkpoints" / "step_0000002"
+    assert {p.suffix for p in checkpoint.iterdir()} == {".safetensors", ".json"}
+    marker = tmp_path / "marker.txt"
+    for name in (".metadata", "__0_0.distcp"):  # where DCP's default reader would unpickle
+        (checkpoint / name).write_bytes(pickle.dumps(_Planted(marker)))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "unimedvl.train", str(resumed), "total_steps=4"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not marker.exists()
+    a, b = _losses(tmp_path / "clean" / "run"), _losses(tmp_path / "resumed" / "run")
+    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):  # 1 process to step 2, then 2 processes: the curve of one uninterrupted process
+        for key in ("loss", "ce", "mse", "grad_norm"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (key, x, y)

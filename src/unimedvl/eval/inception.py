@@ -1,12 +1,9 @@
 """The FID Inception network (TensorFlow's 2015-12-05 Inception-v3, as pytorch-fid ports it), for real FID.
 
-No package ships its weights and nothing here downloads them: a user converts pytorch-fid's
-`pt_inception-2015-12-05-6726825d.pth` to safetensors once, in an environment they trust (the
-`.pth` is a pickle; this project never unpickles), e.g.
-
-    python -c "import torch; from safetensors.torch import save_file; sd = torch.load('pt_inception-2015-12-05-6726825d.pth', weights_only=True); save_file({k: v.contiguous() for k, v in sd.items()}, 'fid_inception.safetensors')"
-
-and passes `--extractor fid_inception.safetensors`. Module names equal that state dict's keys
+No package ships its weights and nothing here downloads them or reads a pickle: pytorch-fid's
+`pt_inception-2015-12-05-6726825d.pth` must first be turned into a `.safetensors` file holding the
+same state dict (outside this project, by whoever trusts that file), then passed with
+`--extractor FILE`. Module names equal that state dict's keys
 (torchvision's Inception3 layout); the strict loader checks every key. Differences from
 torchvision's Inception-v3, as in pytorch-fid: average pools exclude the padding, and the last
 block's pool is a max pool. Input: RGB resized bilinearly to 299 x 299, scaled to [-1, 1];

@@ -8,9 +8,12 @@ accumulates their gradients. Losses are divided by the global CE / MSE token cou
 by the world size (FSDP averages gradients over ranks), so a step computes the same update on any
 number of ranks. AdamW, warmup + cosine decay, gradient clipping, EMA of the trainable weights.
 
-Checkpoints (`output_dir/checkpoints/step_XXXXXXX/`, torch.distributed.checkpoint) hold the model,
-optimizer, EMA and step; the data stream and every random draw are functions of (seed, step), so a
-resumed run continues exactly, on any world size.
+Checkpoints (`output_dir/checkpoints/step_XXXXXXX/`) hold the model, the optimizer's tensors, the
+EMA and the step. They are written by torch.distributed.checkpoint through its safetensors storage
+(each rank its own shards, offsets in the safetensors headers) and read back the same way, so
+resuming never unpickles anything, not even DCP's usual `.metadata`; the optimizer's
+hyper-parameters come from the recipe, not the file. The data stream and every random draw are
+functions of (seed, step), so a resumed run continues exactly, on any world size.
 """
 
 from __future__ import annotations
@@ -94,10 +97,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
+        """Tensors only (safetensors holds nothing else): the optimizer's per-parameter state, not its param groups."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd, "ema": self.ema}
+        return {"model": model_sd, "optim": optim_sd["state"], "ema": self.ema}
 
     def save(self) -> Path:
         import torch.distributed.checkpoint as dcp
@@ -107,8 +111,10 @@ class Trainer:
         if self.rank == 0 and tmp.exists():
             shutil.rmtree(tmp)
         self._barrier()
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
         with _single_process_ok():
-            dcp.save(self._state(), checkpoint_id=str(tmp))
+            dcp.save(self._state(), storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
         self._barrier()
         if self.rank == 0:
             atomic_write_text(tmp / "trainer.json", json.dumps({"step": self.step, "stage": self.config.stage}))
@@ -126,12 +132,15 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
+        from torch.distributed.checkpoint import HuggingFaceStorageReader
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_state_dict
 
         state = self._state()
         with _single_process_ok():
-            dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            dcp.load(state, storage_reader=HuggingFaceStorageReader(str(path)))
+        groups = get_optimizer_state_dict(self.model, self.optimizer)["param_groups"]  # from the recipe
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict={"state": state["optim"], "param_groups": groups})
         self.step = json.loads((path / "trainer.json").read_text())["step"]
 
     def _barrier(self) -> None:
