@@ -1,6 +1,6 @@
 """Build the bundled evaluation sets (src/unimedvl/assets/eval_sets/) from the shared data folder.
 
-    .venv/bin/python scripts/build_eval_sets.py [--shared ../shared/data]
+    .venv/bin/python scripts/build_eval_sets.py --shared ../shared/data [--judge CORPUS]
 
 Only redistributable sets (CC BY 4.0, CC BY-SA 4.0) are used, and only images no shipped model
 was trained on:
@@ -23,6 +23,7 @@ import glob
 import json
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,34 @@ def closed(item_id: str, image_name: str, image: Image.Image | Path, question: s
             "_image": image, "groups": groups}
 
 
+@dataclass(frozen=True)
+class TwoClassQuestions:
+    """What is asked of every image of a two-class set: a yes / no question (two paraphrases, a flipped twin)
+    whose answer is yes for the positive class, and a question answered with the class name."""
+
+    key: str  # id suffix of the yes / no item
+    question: str
+    paraphrases: tuple[str, str]
+    flipped: str
+    choice: str
+    names: tuple[str, str]  # class names: (positive, negative)
+
+    def items(self, stem: str, name: str, image: Image.Image | Path, positive: bool, groups: dict) -> list[dict]:
+        return [yes_no(f"{stem}/{self.key}", name, image, self.question, positive, list(self.paraphrases),
+                       self.flipped, groups),
+                closed(f"{stem}/choice", name, image, self.choice, self.names[0] if positive else self.names[1],
+                       {**groups, "question_type": "class name"})]
+
+
+PNEUMONIA = TwoClassQuestions("pneumonia", "Is there pneumonia?", (
+    "Does this chest X-ray show pneumonia? Answer yes or no.", "Is pneumonia visible on this radiograph?"),
+    "Is this chest X-ray normal?", "Is this chest X-ray normal, or does it show pneumonia?", ("pneumonia", "normal"))
+MALIGNANT = TwoClassQuestions("malignant", "Is this breast lesion malignant?", (
+    "Does this breast ultrasound show a malignant lesion? Answer yes or no.",
+    "Would you call this breast ultrasound malignant?"), "Is this breast lesion benign?",
+    "Is this breast ultrasound benign or malignant?", ("malignant", "benign"))
+
+
 def train_judge(corpus: Path) -> None:
     """The independent judge (modality and pneumonia heads, real train images only) as the bundled extractor."""
     from unimedvl.eval.classifier import build_judge
@@ -119,7 +148,8 @@ def train_judge(corpus: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--shared", type=Path, required=True,
+                        help="the shared data folder (cxr-pneumonia-kermany-224-train, medmnist, msd-nih-slices)")
     parser.add_argument("--judge", type=Path, default=None,
                         help="also train the judge / proxy feature extractor on this built corpus (the v1 corpus: "
                              "`unimedvl data build recipes/unimedvl-tiny/corpus.yaml`) into assets/judge/")
@@ -135,15 +165,9 @@ def main() -> None:
     normals = [m for m in matched if m[1] == 0]
     pneumonias = [m for m in matched if m[1] == 1][: len(normals)]
     cxr = sorted(normals + pneumonias)
-    items = []
-    for path, label in cxr:
-        name, image, stem = Path(path).name, Path(path), Path(path).stem
-        groups = {"modality": "chest_xray", "label": "pneumonia" if label else "normal"}
-        items.append(yes_no(f"{stem}/pneumonia", name, image, "Is there pneumonia?", bool(label),
-                            ["Does this chest X-ray show pneumonia? Answer yes or no.",
-                             "Is pneumonia visible on this radiograph?"], "Is this chest X-ray normal?", groups))
-        items.append(closed(f"{stem}/choice", name, image, "Is this chest X-ray normal, or does it show pneumonia?",
-                            "pneumonia" if label else "normal", {**groups, "question_type": "class name"}))
+    items = [item for path, label in cxr for item in PNEUMONIA.items(
+        Path(path).stem, Path(path).name, Path(path), bool(label),
+        {"modality": "chest_xray", "label": "pneumonia" if label else "normal"})]
     _write(OUT / "cxr-pneumonia", items,
            "# cxr-pneumonia: paediatric chest X-rays at 224 px, held out from UniMedVL-tiny v1\n\n"
            f"{len(cxr)} real images ({len(normals)} normal, {len(pneumonias)} pneumonia) of the Kermany training "
@@ -153,17 +177,11 @@ def main() -> None:
            "Licence: CC BY 4.0 (Kermany et al. 2018; see LICENSE.md).\n", [cxr_licence])
 
     breast = np.load(shared / "medmnist" / "breastmnist_no_test.npz")
-    items = []
-    for index, (array, label) in enumerate(zip(breast["val_images"], breast["val_labels"].reshape(-1))):
-        image = Image.fromarray(array).convert("RGB")
-        malignant = int(label) == 0
-        groups = {"modality": "ultrasound", "label": "malignant" if malignant else "benign or normal"}
-        name = f"breastmnist_val_{index:03d}.png"
-        items.append(yes_no(f"val{index:03d}/malignant", name, image, "Is this breast lesion malignant?", malignant,
-                            ["Does this breast ultrasound show a malignant lesion? Answer yes or no.",
-                             "Would you call this breast ultrasound malignant?"], "Is this breast lesion benign?", groups))
-        items.append(closed(f"val{index:03d}/choice", name, image, "Is this breast ultrasound benign or malignant?",
-                            "malignant" if malignant else "benign", {**groups, "question_type": "class name"}))
+    items = [item for index, (array, label) in enumerate(zip(breast["val_images"], breast["val_labels"].reshape(-1)))
+             for item in MALIGNANT.items(f"val{index:03d}", f"breastmnist_val_{index:03d}.png",
+                                         Image.fromarray(array).convert("RGB"), int(label) == 0,
+                                         {"modality": "ultrasound",
+                                          "label": "malignant" if int(label) == 0 else "benign or normal"})]
     _write(OUT / "breast-ultrasound", items,
            "# breast-ultrasound: BreastMNIST's val split (28 px), held out from UniMedVL-tiny v1\n\n"
            f"{len(breast['val_images'])} real breast ultrasound images (label 0 malignant, 1 normal or benign; a "

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import LooksAtTheImage, TextOnly, write_bright_dark_set
+from eval_helpers import LooksAtTheImage, TextOnly, reply_json, serving, write_bright_dark_set
 from PIL import Image
 
 from unimedvl.cli import main
@@ -69,23 +68,16 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         prompt = next(p["text"] for p in parts if p["type"] == "text")
         bright = float(np.asarray(image.convert("L")).mean()) > 140
         answer = "Yes" if bright != ("dark" in prompt) else "No"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
 
     def log_message(self, *args) -> None:  # noqa: ANN002
         pass
 
 
 def test_an_openai_compatible_endpoint_is_scored_the_same_way(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(_FakeOpenAI) as base:
         benchmark = write_bright_dark_set(tmp_path / "set")
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        url = f"{base}/v1"
         via_http = run_benchmark(benchmark, benchmark.bundled, EndpointPredictor(url, "fake-vlm"), tmp_path / "http")
         local = run_benchmark(benchmark, benchmark.bundled, LooksAtTheImage(), tmp_path / "local")
         assert via_http["accuracy"] == local["accuracy"] == 1.0
@@ -96,8 +88,6 @@ def test_an_openai_compatible_endpoint_is_scored_the_same_way(tmp_path: Path) ->
 
         with pytest.raises(InputError, match="failed after 1 tries"):
             run_benchmark(benchmark, benchmark.bundled, failing, tmp_path / "down")
-    finally:
-        server.shutdown()
 
 
 def test_cli_eval_on_a_bundled_set_and_its_errors(tmp_path: Path, capsys, fixture_dir: Path) -> None:
@@ -152,11 +142,7 @@ class _FakeJudge(BaseHTTPRequestHandler):
         reference = user.split("Reference answer: ")[1].split("\n")[0]
         candidate = user.split("Candidate answer: ")[1]
         verdict = "true" if reference.split()[-1].lower() in candidate.lower() else "false"
-        data = json.dumps({"choices": [{"message": {"content": f'{{"correct": {verdict}}}'}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, {"choices": [{"message": {"content": f'{{"correct": {verdict}}}'}}]})
 
     def log_message(self, *args) -> None:  # noqa: ANN002
         pass
@@ -180,15 +166,11 @@ def test_an_llm_judge_grades_open_answers_with_a_cache(tmp_path: Path) -> None:
         def predict(self, requests):  # noqa: ANN001, ANN201
             return ["in the lower lobe on the left"] * len(requests)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with serving(_FakeJudge) as base:
+        url = f"{base}/v1"
         for out in ("a", "b"):
             judge = LLMJudge(url, "judge-model", tmp_path / "cache.sqlite")
             results = run_benchmark(benchmark, benchmark.bundled, Says(), tmp_path / out,
                                     options=RunOptions(checks=(), judge=judge))
         assert results["accuracy"] == 0.0 and results["open_judge"] == {"accuracy": 1.0, "no_verdict": 0, "n": 3}
         assert _FakeJudge.asked == 1  # one distinct (question, reference, answer): the rest came from the cache
-    finally:
-        server.shutdown()

@@ -149,9 +149,9 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
 
 def safetensors_files(path: Path, what: str) -> list[Path]:
     """A `.safetensors` file, or every one in a folder (a component checkpoint); pickles refused."""
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not path.exists():
         raise CheckpointError(f"{what} not found: {path}")
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files:
         raise CheckpointError(f"{what}: no .safetensors files in {path}")
     for f in files:
@@ -199,7 +199,7 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
         opened = _open_all(stack, files)
         prefix = WRAPPER_PREFIX if key_map.strip_wrapper and opened and all(
             k.startswith(WRAPPER_PREFIX) for k in opened) else ""
-        plan: dict[str, tuple[str, torch.Tensor | None]] = {}  # module key -> (file key, None = read later)
+        plan: dict[str, str] = {}  # module key -> the file key it is read from
         for file_key in sorted(opened):
             key = key_map.module_key(file_key[len(prefix):])
             reason = next((why for p, why in key_map.ignored if key.startswith(p)), None)
@@ -207,7 +207,7 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
                 report.ignored_extras.append(key)
             elif key in expected:
                 for target in [key, *key_map.copies_of(key)]:
-                    plan[target] = (file_key, None)
+                    plan[target] = file_key
             elif any(re.search(p, key) for p in key_map.dropped_if_absent):
                 report.dropped.append(key)
             else:
@@ -223,7 +223,7 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
                 report.missing.append(key)
         report.unexpected += sorted(k for k in plan if k not in expected)  # a copy rule pointing nowhere
         tensors: dict[str, torch.Tensor] = {}
-        for key, (file_key, _) in sorted(plan.items()):
+        for key, file_key in sorted(plan.items()):
             if key not in expected:
                 continue
             handle = opened[file_key]
@@ -241,7 +241,7 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
         for key in expected:
             if key not in plan or key in bad:
                 continue
-            file_key = plan[key][0]
+            file_key = plan[key]
             tensor = tensors[key] if key in tensors else opened[file_key].get_tensor(file_key)  # type: ignore[attr-defined]
             if tensor.is_floating_point():
                 tensor = tensor.to(device=device, dtype=dtype)

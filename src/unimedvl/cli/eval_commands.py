@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,7 +20,7 @@ ChecksOpt = typer.Option(None, "--check", help="Run only these checks (image_dep
                          "repeat the option. Default: all three.")
 NoChecksOpt = typer.Option(False, "--no-checks", help="Skip the checks (accuracy only).")
 RayOpt = typer.Option(0, "--ray", help="Answer on N Ray workers, one loaded model each (0: this process).")
-SeedOpt = typer.Option(0, "--seed", help="Seed of the item order (with --limit) and of the noise images.")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the item order (with --limit); noise images are seeded by item id.")
 BatchOpt = typer.Option(8, "--batch-size", help="Items answered per call (and written per line batch).")
 JudgeOpt = typer.Option(None, "--judge", help="Also grade open answers by meaning with an LLM judge: URL#MODEL "
                         "(OpenAI-compatible, cached in OUT/judge_cache.sqlite).")
@@ -39,7 +38,9 @@ def _predictor(choice: ModelChoice, endpoint: Optional[str], ray: int):  # noqa:
         return EndpointPredictor(url, model, api_key=os.environ.get("OPENAI_API_KEY")), {"name": f"{model} @ {url}"}
     folder = choice.folder
     weights = folder / "ema.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else None
+    from unimedvl.data.storage import sha256_file
+
+    digest = sha256_file(weights)[:16] if weights.is_file() else None  # streamed: a 14B file is not read into memory
     model = {"name": choice.label if choice.checkpoint else f"built-in ({folder.name})", "checkpoint": str(folder),
              "ema_sha256_16": digest}
     if ray:

@@ -9,7 +9,8 @@ from typing import Any
 
 from unimedvl.data.manifest import Manifest
 from unimedvl.data.schema import TASK_FAMILY, TASKS
-from unimedvl.utils.files import atomic_write_bytes, atomic_write_text
+from unimedvl.utils.figures import write_figure
+from unimedvl.utils.files import atomic_write_text
 
 INTERLEAVED_WITHOUT_DATA_NOTE = {
     "counterfactual": "needs pairs of the same patient with and without a finding; no such pairs are in this corpus's sources",
@@ -19,23 +20,6 @@ INTERLEAVED_WITHOUT_DATA_NOTE = {
 }
 
 
-def _plot(path: Path, draw) -> None:  # noqa: ANN001
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
-    draw(ax)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _bar(path: Path, counts: dict[str, int], title: str) -> None:
     def draw(ax) -> None:  # noqa: ANN001
         names = list(counts)
@@ -43,7 +27,7 @@ def _bar(path: Path, counts: dict[str, int], title: str) -> None:
         ax.set_title(title)
         ax.invert_yaxis()
 
-    _plot(path, draw)
+    write_figure(path, draw)
 
 
 def write_qc_reports(out: Path, config: Any, stats: dict[str, Any], errors: list[dict[str, str]],
@@ -93,7 +77,7 @@ def write_qc_reports(out: Path, config: Any, stats: dict[str, Any], errors: list
             ax.set_ylabel("samples")
             ax.legend(fontsize=7)
 
-        _plot(qc / "stage2_scores.png", draw)
+        write_figure(qc / "stage2_scores.png", draw)
         lines += ["", "![score histogram](stage2_scores.png)"]
     atomic_write_text(qc / "stage2.md", "\n".join(lines) + "\n")
 
@@ -121,7 +105,7 @@ def write_card(out: Path, manifest: Manifest, image_sizes: list[tuple[str, int, 
             ax.set_ylabel("height (px)")
             ax.legend(fontsize=7)
 
-        _plot(plots / "resolution.png", draw)
+        write_figure(plots / "resolution.png", draw)
     review = agreement_report(out)
     present = set(counts["task"])
     sources = manifest.origin["sources"]

@@ -39,12 +39,11 @@ def score_pairs(pred: Path, target: Path, *, masks: bool = False) -> dict:
         raise InputError(f"no file names in common between {pred} and {target}")
     per_file: dict[str, dict[str, float]] = {}
     for name in names:
-        a, b = load_image(predictions[name]), load_image(targets[name])
-        if masks:
-            a, b = Image.open(predictions[name]), Image.open(targets[name])
-            dice, iou = dice_iou(a, b)
+        if masks:  # masks keep their own mode (grey levels or 0 / 1), not converted to RGB
+            dice, iou = dice_iou(Image.open(predictions[name]), Image.open(targets[name]))
             per_file[name] = {"dice": dice, "iou": iou}
         else:
+            a, b = load_image(predictions[name]), load_image(targets[name])
             per_file[name] = {"psnr": psnr(a, b), "ssim": ssim(a, b)}
     keys = ("dice", "iou") if masks else ("psnr", "ssim")
     means = {k: sum(v[k] for v in per_file.values()) / len(per_file) for k in keys}

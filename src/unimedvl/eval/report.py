@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from unimedvl.eval.benchmarks.base import Benchmark
-from unimedvl.utils.files import atomic_write_bytes, atomic_write_text
+from unimedvl.utils.figures import write_figure
+from unimedvl.utils.files import atomic_write_text
 
 CHART_GROUPS = ("modality", "organ", "category", "answer_type")
 
@@ -16,25 +16,18 @@ def _pct(value: float | None) -> str:
 
 
 def _chart(path: Path, title: str, values: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(values)
-    fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(names) + 1.2), dpi=100)
-    ax.barh(names, [100 * (values[n]["accuracy"] or 0) for n in names], color="#4472c4")
-    for y, n in enumerate(names):
-        ax.text(1, y, f"n={values[n]['n']}", va="center", color="white", fontsize=8)
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy (%)")
-    ax.set_title(title)
-    ax.invert_yaxis()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+
+    def draw(ax) -> None:  # noqa: ANN001
+        ax.barh(names, [100 * (values[n]["accuracy"] or 0) for n in names], color="#4472c4")
+        for y, n in enumerate(names):
+            ax.text(1, y, f"n={values[n]['n']}", va="center", color="white", fontsize=8)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("accuracy (%)")
+        ax.set_title(title)
+        ax.invert_yaxis()
+
+    write_figure(path, draw, size=(6.4, 0.4 * len(names) + 1.2))
 
 
 def check_lines(checks: dict) -> list[str]:

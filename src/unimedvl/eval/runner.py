@@ -79,19 +79,20 @@ class PredictionLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[str, dict] = {}
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            lines = text.splitlines()
-            if text and not text.endswith("\n"):
-                lines = lines[:-1]  # a torn last line (killed mid-write) is answered again
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                self.records[record["id"]] = record
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()),
-                            encoding="utf-8")
+        if not path.is_file():
+            return
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        torn = bool(text) and not text.endswith("\n")
+        for line in lines[:-1] if torn else lines:  # a torn last line (killed mid-write) is answered again
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                torn = True
+                continue
+            self.records[record["id"]] = record
+        if torn:  # keep only whole lines, so appends start on a fresh line
+            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()))
 
     def add(self, records: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,10 +180,14 @@ def majority_baseline(rows: list[dict]) -> dict[str, object] | None:
     return {"answers": answers, "accuracy": right / len(scored), "n": len(scored)}
 
 
+# The fields `record_for` writes itself; every other field of a record is one of the benchmark's groups.
+RECORD_FIELDS = frozenset({"id", "question", "answer", "prediction", "correct", "kind", "parsed", "choice", "options",
+                           "recall", "verdict", "judge_correct"})
+
+
 def summarise(benchmark: Benchmark, rows: list[dict], check_rows: dict[str, list[dict]]) -> dict:
     rows = sorted(rows, key=lambda r: r["id"])
-    groups = sorted({k for r in rows for k in r} - {"id", "question", "answer", "prediction", "correct", "kind",
-                                                    "parsed", "choice", "options", "recall", "verdict", "judge_correct"})
+    groups = sorted({k for r in rows for k in r} - RECORD_FIELDS)
     result: dict[str, object] = {"benchmark": benchmark.name, "title": benchmark.title, "n": len(rows)}
     if rows and rows[0]["kind"] == "report":
         from unimedvl.eval.metrics.text import report_metrics

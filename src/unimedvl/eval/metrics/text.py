@@ -14,6 +14,20 @@ import re
 import shutil
 
 
+def _scorer(name: str):  # noqa: ANN202
+    """The pycocoevalcap scorer class `name` (Bleu, Cider, Meteor, Rouge), with a clear error when it is absent."""
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        from unimedvl.errors import ConfigError
+
+        raise ConfigError("report metrics need pycocoevalcap: pip install 'unimedvl[eval]'") from None
+    return {"Bleu": Bleu, "Cider": Cider, "Meteor": Meteor, "Rouge": Rouge}[name]
+
+
 def tokenize(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
@@ -27,30 +41,22 @@ def _corpus(predictions: list[str], references: list[str]) -> tuple[dict, dict]:
 
 
 def bleu(predictions: list[str], references: list[str]) -> list[float]:
-    from pycocoevalcap.bleu.bleu import Bleu
-
-    score, _ = Bleu(4).compute_score(*_corpus(predictions, references), verbose=0)
+    score, _ = _scorer("Bleu")(4).compute_score(*_corpus(predictions, references), verbose=0)
     return [float(s) for s in score]
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    return float(Rouge().compute_score(*_corpus(predictions, references))[0])
+    return float(_scorer("Rouge")().compute_score(*_corpus(predictions, references))[0])
 
 
 def cider(predictions: list[str], references: list[str]) -> float:
-    from pycocoevalcap.cider.cider import Cider
-
-    return float(Cider().compute_score(*_corpus(predictions, references))[0])
+    return float(_scorer("Cider")().compute_score(*_corpus(predictions, references))[0])
 
 
 def meteor(predictions: list[str], references: list[str]) -> float | None:
     if shutil.which("java") is None:
         return None
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    scorer = Meteor()
+    scorer = _scorer("Meteor")()
     try:
         return float(scorer.compute_score(*_corpus(predictions, references))[0])
     finally:
