@@ -70,9 +70,9 @@ def _fid(extractor, generated: list[Image.Image], real: list[Image.Image]) -> fl
 
 
 def _extractors(judge: JudgeExtractor, inception) -> dict:  # noqa: ANN001
-    out = {"proxy": {"name": judge.name, "sha256": judge.sha256}}
+    out = {"proxy": {"name": judge.name, "sha256": judge.sha256, "proxy": judge.proxy}}
     if inception is not None:
-        out["inception"] = {"name": inception.name, "sha256": inception.sha256}
+        out["inception"] = {"name": inception.name, "sha256": inception.sha256, "proxy": inception.proxy}
     return out
 
 
