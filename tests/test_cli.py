@@ -66,7 +66,7 @@ def test_default_model_is_unimedvl_tiny_at_its_training_size(tmp_path: Path, mri
     assert default_checkpoint() == UNIMEDVL_TINY and (UNIMEDVL_TINY / "MODEL_CARD.md").is_file()
     out = tmp_path / "gen.png"
     assert main(["generate", "A chest X-ray with pneumonia.", "-o", str(out), "--steps", "3"]) == 0
-    assert Image.open(out).size == (64, 64)  # image_config.json: trained at 64 px
+    assert Image.open(out).size == (128, 128)  # image_config.json: trained at 64 and 128 px, default 128
 
 
 @pytest.mark.parametrize(
@@ -169,3 +169,18 @@ def test_the_command_table_and_the_readme_agree() -> None:
     table = {" ".join(c.usage.split()[1:]) for c in COMMANDS}
     assert documented == table, f"only in the README: {sorted(documented - table)}; only in the table: {sorted(table - documented)}"
     assert {c.name for c in build_app().registered_commands} == {c.name for c in COMMANDS if c.group is None}
+
+
+def test_edit_sizes_and_untrained_generation_sizes_are_said(checkpoint_copy: Path, mri_path: Path, tmp_path: Path,
+                                                              capsys) -> None:  # noqa: ANN001
+    (checkpoint_copy / "image_config.json").write_text(json.dumps(
+        {"vae_max": 64, "vae_min": 32, "vit_max": 56, "vit_min": 28, "default_size": 32, "generation_sizes": [32, 64]}))
+    common = ["-c", str(checkpoint_copy), "--steps", "2"]
+    assert main(["edit", str(mri_path), "Sharpen.", "-o", str(tmp_path / "e.png"), "--height", "64", *common]) == 2
+    assert "--height and --width" in capsys.readouterr().err
+    assert main(["edit", str(mri_path), "Sharpen.", "-o", str(tmp_path / "e.png"), *common]) == 0
+    said = capsys.readouterr().out
+    assert Image.open(tmp_path / "e.png").size == (64, 64) and "input was sized to the model's trained sizes" in said
+    assert main(["generate", "A chest X-ray.", "-o", str(tmp_path / "g.png"), "--height", "48", "--width", "48",
+                 *common]) == 0
+    assert "warning: 48x48: this checkpoint was trained to generate at sides 32, 64 px only" in capsys.readouterr().err

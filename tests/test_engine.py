@@ -144,3 +144,23 @@ def test_vae_posterior_sampling_is_an_option(engine, mri_path: Path) -> None:
 def test_bad_input_gives_one_clear_error(engine, call, message: str) -> None:  # noqa: ANN001
     with pytest.raises(InputError, match=message):
         call(engine)
+
+
+def test_think_mode_is_refused_for_a_checkpoint_not_trained_for_it(checkpoint_copy: Path, cxr_path: Path) -> None:
+    import json
+
+    from unimedvl.checkpoint.folder import load_checkpoint
+    from unimedvl.errors import CheckpointError
+    from unimedvl.inference.engine import UniMedVL
+
+    assert UniMedVL(load_checkpoint(checkpoint_copy)).think_trained is None  # a released layout: not recorded
+    (checkpoint_copy / "capabilities.json").write_text(json.dumps({"think": False}))
+    engine = UniMedVL(load_checkpoint(checkpoint_copy))
+    with pytest.raises(InputError, match="not trained for think mode"):
+        engine.ask([cxr_path], "Is there pneumonia?", think=True)
+    with pytest.raises(InputError, match="not trained for think mode"):
+        engine.generate("A chest X-ray.", think=True, height=32, width=32)
+    assert engine.ask([cxr_path], "Is there pneumonia?", max_new_tokens=2).token_ids  # without think it answers
+    (checkpoint_copy / "capabilities.json").write_text(json.dumps({"think": "maybe"}))
+    with pytest.raises(CheckpointError, match="capabilities.json"):
+        load_checkpoint(checkpoint_copy)

@@ -66,3 +66,37 @@ def test_every_engine_entry_point_honours_the_image_config(checkpoint_copy: Path
     assert engine.edit(mri_path, "Sharpen.", guidance=GuidanceOptions.editing(num_timesteps=2)).size == (48, 48)
     overridden = UniMedVL(load_checkpoint(checkpoint_copy), image_config=sizes)
     assert overridden.vqa_vit_rule.max_size == 56 and overridden.gen_vit_rule.max_size == 42
+
+
+def test_trained_generation_sizes_round_trip_and_v1_files_stay_as_they_were() -> None:
+    sizes = DataConfig(vit_max=56, vit_min=56, vae_max=128, vae_min=64, vae_sizes=[128, 64]).image_config
+    assert sizes.generation_sizes == (64, 128)
+    assert sizes.to_json_dict()["generation_sizes"] == [64, 128]
+    assert ImageConfig.from_json_dict(sizes.to_json_dict()) == sizes
+    assert "generation_sizes" not in DataConfig(vae_max=64, vae_min=64).image_config.to_json_dict()
+    assert sizes.untrained_sides(128, 64) == [] and sizes.untrained_sides(256, 96) == [96, 256]
+    assert ImageConfig.reference().untrained_sides(1000, 1000) == []  # not recorded: nothing is flagged
+    with pytest.raises(ConfigError, match="generation_sizes"):
+        ImageConfig.from_json_dict({"vae_max": 64, "vae_min": 64, "vit_max": 56, "vit_min": 56, "default_size": 64,
+                                    "generation_sizes": ["big"]})
+
+
+def test_untrained_sizes_warn_once_and_edits_go_to_the_nearest_trained_size(checkpoint_copy: Path, mri_path: Path,
+                                                                            recwarn) -> None:  # noqa: ANN001
+    (checkpoint_copy / "image_config.json").write_text(json.dumps(
+        {"vae_max": 64, "vae_min": 16, "vit_max": 56, "vit_min": 28, "default_size": 32, "generation_sizes": [32, 64]}))
+    engine = UniMedVL(load_checkpoint(checkpoint_copy))
+    fast = GuidanceOptions.text_to_image(num_timesteps=2)
+    engine.generate("A chest X-ray.", guidance=fast, height=32, width=32)
+    assert not [w for w in recwarn if "trained to generate" in str(w.message)]
+    for _ in range(2):
+        engine.generate("A chest X-ray.", guidance=fast, height=48, width=48)
+    messages = [str(w.message) for w in recwarn if "trained to generate" in str(w.message)]
+    assert messages == ["48x48: this checkpoint was trained to generate at sides 32, 64 px only; "
+                        "other sizes may give poor images"]
+    assert engine.edit_size(1024, 1024) == (64, 64)  # the VAE rule's 64, a trained side
+    assert engine.edit_size(48, 48) == (64, 64)  # 48 px by the rule: between 32 and 64, a tie goes up
+    assert engine.edit_size(20, 20) == (32, 32)  # 16 px by the rule -> the nearest trained side, 32
+    assert engine.edit_size(96, 48) == (32, 64)  # 64 x 32 by the rule: trained, aspect kept
+    edited = engine.edit(mri_path, "Sharpen.", guidance=GuidanceOptions.editing(num_timesteps=2))
+    assert max(edited.size) in (32, 64)

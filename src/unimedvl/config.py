@@ -311,10 +311,24 @@ class ImageConfig:
     generation_vit: ResizeBounds
     vae: ResizeBounds
     default_size: int
+    # The sides generation was trained at (a generated image drew one of them); empty: not recorded
+    # (a released checkpoint), so no size is flagged as untrained.
+    generation_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.default_size, bool) or not isinstance(self.default_size, int) or self.default_size < 1:
             raise ConfigError(f"ImageConfig.default_size must be a positive integer, got {self.default_size!r}")
+        sizes = self.generation_sizes
+        if not isinstance(sizes, (tuple, list)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                         for v in sizes):
+            raise ConfigError(f"ImageConfig.generation_sizes must be positive integers, got {sizes!r}")
+        object.__setattr__(self, "generation_sizes", tuple(sorted(set(sizes))))
+
+    def untrained_sides(self, height: int, width: int) -> list[int]:
+        """The sides of a height x width output that generation was not trained at (none when not recorded)."""
+        if not self.generation_sizes:
+            return []
+        return sorted({side for side in (height, width) if side not in self.generation_sizes})
 
     @classmethod
     def reference(cls) -> "ImageConfig":
@@ -323,26 +337,30 @@ class ImageConfig:
                    vae=ResizeBounds(1024, 32), default_size=1024)
 
     @classmethod
-    def trained(cls, *, vit_max: int, vit_min: int, vae_max: int, vae_min: int) -> "ImageConfig":
+    def trained(cls, *, vit_max: int, vit_min: int, vae_max: int, vae_min: int,
+                generation_sizes: tuple[int, ...] = ()) -> "ImageConfig":
         """One ViT range for every use and one VAE range, as a training recipe sets them; output at `vae_max`."""
         vit = ResizeBounds(vit_max, vit_min)
-        return cls(understanding_vit=vit, generation_vit=vit, vae=ResizeBounds(vae_max, vae_min), default_size=vae_max)
+        return cls(understanding_vit=vit, generation_vit=vit, vae=ResizeBounds(vae_max, vae_min), default_size=vae_max,
+                   generation_sizes=tuple(generation_sizes))
 
     _JSON_KEYS = ("vae_max", "vae_min", "vit_max", "vit_min", "default_size")
+    _OPTIONAL_JSON_KEYS = ("generation_sizes",)
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any], source: str = "image_config.json") -> "ImageConfig":
-        unknown = sorted(set(data) - set(cls._JSON_KEYS))
+        unknown = sorted(set(data) - set(cls._JSON_KEYS) - set(cls._OPTIONAL_JSON_KEYS))
         missing = [k for k in cls._JSON_KEYS if k not in data]
         if unknown or missing:
-            raise ConfigError(f"{source}: expected the keys {', '.join(cls._JSON_KEYS)}"
+            raise ConfigError(f"{source}: expected the keys {', '.join(cls._JSON_KEYS)} (and optionally "
+                              f"{', '.join(cls._OPTIONAL_JSON_KEYS)})"
                               + (f"; unknown: {', '.join(unknown)}" if unknown else "")
                               + (f"; missing: {', '.join(missing)}" if missing else ""))
         try:
             config = cls.trained(vit_max=data["vit_max"], vit_min=data["vit_min"], vae_max=data["vae_max"],
-                                 vae_min=data["vae_min"])
+                                 vae_min=data["vae_min"], generation_sizes=data.get("generation_sizes") or ())
             return dataclasses.replace(config, default_size=data["default_size"])
-        except ConfigError as exc:
+        except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -351,8 +369,11 @@ class ImageConfig:
         if self.generation_vit != vit or {vit.max_pixels, self.vae.max_pixels} != {REFERENCE_MAX_PIXELS}:
             raise ConfigError("image_config.json holds one ViT range and the reference pixel budget; "
                               "this ImageConfig has more than that")
-        return {"vae_max": self.vae.max_size, "vae_min": self.vae.min_size, "vit_max": vit.max_size,
-                "vit_min": vit.min_size, "default_size": self.default_size}
+        out: dict[str, Any] = {"vae_max": self.vae.max_size, "vae_min": self.vae.min_size, "vit_max": vit.max_size,
+                               "vit_min": vit.min_size, "default_size": self.default_size}
+        if self.generation_sizes:  # absent when not recorded: v1 files stay byte-identical
+            out["generation_sizes"] = list(self.generation_sizes)
+        return out
 
     @classmethod
     def from_checkpoint_dir(cls, folder: str | Path) -> "ImageConfig":

@@ -59,10 +59,14 @@ def test_generation_and_counterfactual_commands(tmp_path: Path, fixture_dir: Pat
     assert main(["eval", "generation", "--seeds", "2", "--steps", "2", "--size", "32", "-c", str(fixture_dir),
                  "--out", str(tmp_path / "g")]) == 0
     results = json.loads((tmp_path / "g" / "results.json").read_text())
-    assert set(results["per_modality"]) == {"chest_xray", "ultrasound"} and len(results["extractors"]["proxy"]["sha256"]) == 64
+    assert set(results["per_modality"]) == set(MODALITIES) - {"other"}
+    assert len(results["extractors"]["proxy"]["sha256"]) == 64
     row = results["per_modality"]["chest_xray"]
     assert row["n"] == 4 and row["references"] == 78 and row["fid_proxy"] > 0 and 0 <= row["image_text_proxy"] <= 1
-    assert len(list((tmp_path / "g" / "images").glob("*.png"))) == 6
+    assert results["per_modality"]["fundus"]["fid_proxy"] is None  # no bundled real fundus images
+    assert len(list((tmp_path / "g" / "images").glob("*.png"))) == 18
+    distance = results["distance"]
+    assert 0 < distance["between_prompts_same_seed"] < 1 and 0 < distance["between_seeds_same_prompt"] < 1
     assert main(["eval", "counterfactual", "--limit", "4", "--steps", "2", "-c", str(fixture_dir),
                  "--out", str(tmp_path / "c")]) == 0
     cf = json.loads((tmp_path / "c" / "results.json").read_text())
@@ -87,3 +91,29 @@ def test_the_fid_inception_network_loads_its_weights_strictly(tmp_path: Path) ->
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "partial.safetensors"))
     with pytest.raises(CheckpointError, match="1 missing: Mixed_6a.branch3x3.conv.weight"):
         InceptionExtractor.load(tmp_path / "partial.safetensors")
+
+
+def test_pairwise_distances_tell_a_prompt_blind_model_apart() -> None:
+    from unimedvl.eval.generation_bench import pairwise_distances
+
+    noise = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)) for i in range(2)]
+    blind = {("a", 0): noise[0], ("b", 0): noise[0], ("a", 1): noise[1], ("b", 1): noise[1]}
+    distances = pairwise_distances(blind)
+    assert distances["between_prompts_same_seed"] == 0.0 and distances["between_seeds_same_prompt"] > 0.2
+    black, white = Image.new("RGB", (16, 16)), Image.new("RGB", (16, 16), (255, 255, 255))
+    assert pairwise_distances({("a", 0): black, ("b", 0): white})["between_prompts_same_seed"] == 1.0
+
+
+def test_edit_benchmark_scores_held_out_super_resolution_against_bicubic(tmp_path: Path, fixture_dir: Path,
+                                                                         train_corpus: Path) -> None:
+    assert main(["eval", "edits", "--corpus", str(train_corpus), "--steps", "2", "--size", "64", "-c", str(fixture_dir),
+                 "--out", str(tmp_path / "sr")]) == 0
+    results = json.loads((tmp_path / "sr" / "results.json").read_text())
+    assert results["baseline"] == "bicubic" and results["per_image"]
+    for row in results["per_image"]:
+        assert max(row["size"]) == 64 and max(row["input_size"]) in (16, 32)  # x4 and x2 pairs, fed as trained
+        assert row["bicubic_psnr"] > 5 and row["psnr"] > 0
+    for modality, row in results["per_modality"].items():
+        assert 0 <= row["beats_baseline_psnr"] <= row["n"]
+    assert main(["eval", "edits", "--corpus", str(tmp_path), "-c", str(fixture_dir)]) == 2  # not a corpus
+    assert main(["eval", "edits", "--corpus", str(train_corpus), "--task", "segmentation"]) == 2

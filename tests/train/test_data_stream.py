@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from unimedvl.assets import REFERENCE_TINY
 from unimedvl.config import UnifiedConfig
@@ -68,3 +69,104 @@ def test_source_balance_per_family(train_corpus: Path) -> None:
 def test_bad_source_balance_is_named(balance: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DataConfig(source_balance=balance)
+
+
+# ---------------------------------------------------------------- v2 stream features
+def _maker(index: CorpusIndex, **data) -> PackMaker:  # noqa: ANN003
+    config = DataConfig(**{"tokens_per_pack": 160, "max_tokens_per_sample": 200, **data})
+    return PackMaker(index, TextTokenizer.from_dir(REFERENCE_TINY), config, UnifiedConfig.tiny(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def imbalanced_corpus(tmp_path_factory) -> Path:  # noqa: ANN001
+    """120 real PneumoniaMNIST images as class folders: 30 normal, 90 pneumonia."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from unimedvl.assets import SAMPLE_CORPUS_CONFIG
+    from unimedvl.data.pipeline import BuildConfig, build_corpus
+
+    folder = tmp_path_factory.mktemp("imbalanced")
+    arrays = np.load(SAMPLE_CORPUS_CONFIG.parent / "medmnist/pneumoniamnist_no_test.npz")
+    labels = arrays["train_labels"].reshape(-1)
+    for name, label, count in (("normal", 0, 30), ("pneumonia", 1, 90)):
+        (folder / "data" / name).mkdir(parents=True)
+        for i in np.flatnonzero(labels == label)[:count]:
+            Image.fromarray(arrays["train_images"][i]).save(folder / "data" / name / f"{i}.png")
+    config = {"name": "imbalanced", "seed": 0, "deid_salt": "x", "splits": {"train": 1.0, "val": 0.0, "test": 0.0},
+              "sources": [{"name": "pneumonia", "adapter": "class_folder", "path": "data", "modality": "chest_xray",
+                           "licence": "CC-BY-4.0", "tasks": ["vqa"],
+                           "options": {"label_names": {"normal": "no pneumonia"}}}]}
+    (folder / "build.yaml").write_text(yaml.safe_dump(config))
+    build_corpus(BuildConfig.from_yaml(folder / "build.yaml"), folder / "corpus", workers=1, log=lambda m: None)
+    return folder / "corpus"
+
+
+def test_label_balance_draws_every_class_equally_often(imbalanced_corpus: Path) -> None:
+    index = CorpusIndex(imbalanced_corpus)
+    label_of = {s.id: s.provenance.get("label") for s in index.by_family["understanding"]}
+    share = {}
+    for balance in (False, True):
+        maker = _maker(index, mix={"understanding": 1.0}, source_balance=1.0, label_balance=balance)
+        drawn = Counter(label_of[sid] for i in range(60) for sid in maker.make(0, i).sample_ids if sid in label_of)
+        share[balance] = drawn["pneumonia"] / (drawn["pneumonia"] + drawn["no pneumonia"])
+    natural = sum(v == "pneumonia" for v in label_of.values()) / len(label_of)
+    assert natural > 0.65  # PneumoniaMNIST is mostly pneumonia ...
+    assert abs(share[False] - natural) < 0.1 and abs(share[True] - 0.5) < 0.1  # ... a balanced stream is not
+
+
+def test_generated_images_are_drawn_at_the_listed_sizes_and_inputs_keep_their_relative_size(train_corpus: Path) -> None:
+    from unimedvl.model.packing import LatentSegment
+
+    index = CorpusIndex(train_corpus)
+    maker = _maker(index, mix={"generation": 0.5, "interleaved": 0.5}, vae_min=32, vae_max=128, vae_sizes=(64, 128),
+                   tokens_per_pack=400, max_tokens_per_sample=400)
+    cell = UnifiedConfig.tiny().latent_downsample
+    noisy_sides, ratios = Counter(), set()
+    for i in range(30):
+        latents = [s for s in maker.make(0, i).segments if isinstance(s, LatentSegment)]
+        for j, segment in enumerate(latents):
+            if segment.noisy:
+                noisy_sides[max(segment.grid) * cell] += 1
+                if j and not latents[j - 1].noisy:  # a super-resolution pair: clean input, then the target
+                    ratios.add(max(segment.grid) / max(latents[j - 1].grid))
+    assert set(noisy_sides) == {64, 128}, noisy_sides
+    assert ratios == {2.0, 4.0}  # x2 and x4 pairs: the input keeps its size relative to the output
+
+
+def test_reading_augmentation_is_seeded_and_changes_understanding_images_only(train_corpus: Path) -> None:
+    from unimedvl.model.packing import LatentSegment, VitSegment
+
+    index = CorpusIndex(train_corpus)
+    plain, augmented = (_maker(index, mix={"understanding": 1.0}, augment=p) for p in (0.0, 1.0))
+    a, b = plain.make(0, 0), augmented.make(0, 0)
+    vit = lambda batch: [s.pixels for s in batch.segments if isinstance(s, VitSegment)]  # noqa: E731
+    assert any(not torch.equal(x, y) for x, y in zip(vit(a), vit(b)))
+    assert all(torch.equal(x, y) for x, y in zip(vit(b), vit(augmented.make(0, 0))))  # a function of the seed
+    generation = _maker(index, mix={"generation": 1.0}, augment=1.0).make(0, 0)
+    reference = _maker(index, mix={"generation": 1.0}).make(0, 0)
+    targets = lambda batch: [s.pixels for s in batch.segments if isinstance(s, LatentSegment)]  # noqa: E731
+    assert all(torch.equal(x, y) for x, y in zip(targets(generation), targets(reference)))
+
+
+@pytest.mark.parametrize("data, message", [({"vae_sizes": (256,)}, "vae_sizes"), ({"vae_sizes": (48.5,)}, "vae_sizes"),
+                                           ({"augment": 1.5}, "augment")])
+def test_bad_stream_options_are_named(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**data)
+
+
+def test_reading_augmentation_keeps_mode_and_size_and_varies() -> None:
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from unimedvl.imaging.augment import augment_for_reading
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    outs = [augment_for_reading(image, random.Random(seed)) for seed in range(4)]
+    assert all(o.mode == "RGB" and 0.7 * 224 - 1 <= min(o.size) <= 224 for o in outs)
+    assert len({o.tobytes() for o in outs}) == 4
+    assert augment_for_reading(image, random.Random(2)).tobytes() == outs[2].tobytes()

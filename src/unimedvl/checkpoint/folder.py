@@ -13,6 +13,7 @@ built by `model/builder.py` and filled through the strict safetensors path (`wei
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -44,6 +45,26 @@ class LoadedCheckpoint:
     tokenizer: TextTokenizer
     reports: list[LoadReport]
     image_config: ImageConfig  # image_config.json, or the reference rules for a released checkpoint
+    # capabilities.json "think": whether the checkpoint was trained for think mode; None: not recorded
+    # (a released checkpoint, whose reference supports it).
+    think_trained: bool | None = None
+
+
+CAPABILITIES_FILE = "capabilities.json"
+
+
+def read_think_trained(folder: str | Path) -> bool | None:
+    """`capabilities.json`'s "think" (True / False), or None when the folder has no such file."""
+    from unimedvl.utils.files import read_json_object
+
+    path = Path(folder) / CAPABILITIES_FILE
+    if not path.is_file():
+        return None
+    data = read_json_object(path, "capabilities file")
+    think = data.get("think")
+    if not isinstance(think, bool) or set(data) - {"think"}:
+        raise CheckpointError(f"{path}: expected {{\"think\": true or false}}, got {data}")
+    return think
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -130,7 +151,7 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
     for report in reports:
         log.info("%s", report.format())
     return LoadedCheckpoint(config=config, model=model, vae=vae, tokenizer=tokenizer, reports=reports,
-                            image_config=image_config)
+                            image_config=image_config, think_trained=read_think_trained(folder))
 
 
 def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -154,9 +175,10 @@ def save_vae(folder: str | Path, vae: AutoEncoder, config: VAEConfig) -> None:
 
 
 def save_checkpoint(folder: str | Path, *, config: UnifiedConfig, weights: dict[str, torch.Tensor],
-                    vae_weights: dict[str, torch.Tensor], tokenizer: TextTokenizer, image_config: ImageConfig
-                    ) -> Path:
-    """Write a folder `load_checkpoint` reads: weights in bf16 (as released), the VAE as it is, configs, tokenizer.
+                    vae_weights: dict[str, torch.Tensor], tokenizer: TextTokenizer, image_config: ImageConfig,
+                    think_trained: bool | None = None) -> Path:
+    """Write a folder `load_checkpoint` reads: weights in bf16 (as released), the VAE as it is, configs, tokenizer
+    (and `capabilities.json` when `think_trained` is known).
 
     Every file is written atomically (temporary name, then rename).
     """
@@ -168,4 +190,12 @@ def save_checkpoint(folder: str | Path, *, config: UnifiedConfig, weights: dict[
     config.save_to_dir(folder)
     tokenizer.save(folder)
     image_config.save_to_dir(folder)
+    if think_trained is not None:
+        write_capabilities(folder, think_trained=think_trained)
     return folder
+
+
+def write_capabilities(folder: str | Path, *, think_trained: bool) -> None:
+    from unimedvl.utils.files import atomic_write_text
+
+    atomic_write_text(Path(folder) / CAPABILITIES_FILE, json.dumps({"think": think_trained}) + "\n")

@@ -2,7 +2,7 @@
 
     unimedvl ask | generate | edit | info | demo | train
     unimedvl data build | transform | review | agreement
-    unimedvl eval BENCHMARK | all | generation | counterfactual | merge | pairs
+    unimedvl eval BENCHMARK | all | generation | counterfactual | edits | merge | pairs
 
 Inputs and outputs are checked before a model loads. Every error a user can cause (a bad file,
 option or value, an unknown command, a missing argument) prints one line `error: ...` and exits
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,6 +51,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("all", eval_commands.evaluate_all, group="eval"),
     Command("generation", eval_commands.generation, group="eval"),
     Command("counterfactual", eval_commands.counterfactual, group="eval"),
+    Command("edits", eval_commands.edits, group="eval"),
     Command("merge", eval_commands.merge, group="eval"),
     Command("pairs", eval_commands.pairs, group="eval"),
 )
@@ -70,11 +72,18 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input or usage, 130 interrupted)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    warnings.showwarning = _one_line_warning
     try:
-        build_app()(args=argv, prog_name="unimedvl", standalone_mode=False)
+        code = build_app()(args=argv, prog_name="unimedvl", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):  # click returns typer.Exit's code here
+            return code
     except UnimedvlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -99,20 +99,31 @@ def edit(
     sample_posterior: bool = typer.Option(False, "--sample-posterior",
                                           help="Sample the VAE posterior (reference behaviour) instead of its mean."),
     think: bool = typer.Option(False, "--think", help="Plan in <think> tags first."),
+    height: Optional[int] = typer.Option(None, help="Output height (default: the input's, sized for the model)."),
+    width: Optional[int] = typer.Option(None, help="Output width (default: the input's, sized for the model)."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
 ) -> None:
     """Edit an image following a text instruction (text and image guidance)."""
     from unimedvl.imaging.pixels import load_image, output_format, save_image
+    from unimedvl.inference.engine import check_generation_size
 
     output_format(out)
     source = load_image(image)  # a bad image is refused before the model loads
-    model = ModelChoice(checkpoint, dtype, device).load()
+    if (height is None) != (width is None):
+        raise typer.BadParameter("give both --height and --width, or neither")
+    choice = ModelChoice(checkpoint, dtype, device)
+    if height is not None:
+        check_generation_size(choice.configs()[0], height, width)
+    model = choice.load()
     start = time.perf_counter()
     result = model.edit(source, instruction, guidance=guidance, understand_first=understand_first, think=think,
-                        seed=seed, sample_posterior=sample_posterior, progress=progress("edit"))
+                        seed=seed, sample_posterior=sample_posterior, height=height, width=width,
+                        progress=progress("edit"))
     save_image(result, out)
-    print(f"wrote {out} ({result.width}x{result.height}) in {time.perf_counter() - start:.1f} s")
+    resized = "" if result.size == source.size or height is not None else (
+        f"; the {source.width}x{source.height} input was sized to the model's trained sizes")
+    print(f"wrote {out} ({result.width}x{result.height}{resized}) in {time.perf_counter() - start:.1f} s")
 
 
 def info(
@@ -155,11 +166,34 @@ def demo(
 
 
 def train(
-    recipe: Path = typer.Argument(..., help="A recipe YAML (see recipes/)."),
+    recipe: Path = typer.Argument(..., help="A stage recipe or a curriculum YAML (see recipes/)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=3e-4 total_steps=20"),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the released layout here when training ends."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Curriculum: the run folder (resumes what it holds)."),
+    scale: float = typer.Option(1.0, "--scale", help="Curriculum: multiply every step count (smoke runs: 0.01)."),
+    check: Optional[Path] = typer.Option(None, "--check", help="Curriculum: compare the model with this folder's "
+                                         "SHA256SUMS, file by file (exit 1 on a difference)."),
 ) -> None:
-    """Train one curriculum stage in this process (use `torchrun ... -m unimedvl.train` for several)."""
+    """Train one curriculum stage in this process (`torchrun ... -m unimedvl.train` for several), or a whole
+    curriculum (a YAML with `kind: curriculum`: corpus, tokenizer, VAE and stages, resumable step by step)."""
+    from unimedvl.utils.files import read_yaml_mapping
+
+    if read_yaml_mapping(recipe, "recipe").get("kind") == "curriculum":
+        from unimedvl.train.curriculum import compare_with, run_curriculum
+
+        if out is None:
+            raise typer.BadParameter("a curriculum needs --out DIR", param_hint="--out")
+        if overrides or export is not None:
+            raise typer.BadParameter("a curriculum takes no overrides or --export (its stages export themselves)")
+        model = run_curriculum(recipe, out, scale=scale)
+        print(f"model: {model}")
+        if check is not None:
+            results = compare_with(model, check)
+            for name, same in results:
+                print(f"{name}: {'identical' if same else 'DIFFERS'}")
+            if not all(same for _, same in results):
+                raise typer.Exit(1)
+        return
     from unimedvl.train.run import run_recipe
 
     history = run_recipe(recipe, list(overrides or []), export=export)

@@ -211,8 +211,39 @@ def generation(
     results = evaluate_generation(choice.load(), judge, out, seeds=seeds, steps=steps, size=size, inception=inception,
                                   progress=log_progress("generate"))
     for modality, row in results["per_modality"].items():
+        fid = "n/a (no bundled real images)" if row["fid_proxy"] is None else f"{row['fid_proxy']:.1f}"
         print(f"{modality}: recognised {row['recognised']:.2f}, image-text proxy {row['image_text_proxy']:.3f}, "
-              f"FID proxy {row['fid_proxy']:.1f}")
+              f"FID proxy {fid}")
+    distance = results["distance"]
+    print(f"pixel distance: different prompts, same seed {distance['between_prompts_same_seed']:.3f}; "
+          f"same prompt, different seeds {distance['between_seeds_same_prompt']:.3f}")
+    print(f"wrote {out / 'results.json'}")
+
+
+def edits(
+    corpus: Path = typer.Option(..., "--corpus", help="A built corpus: its val and test splits are the held-out pairs."),
+    task: str = typer.Option("super_resolution", "--task",
+                             help="super_resolution (against bicubic), virtual_staining, cross_modal or counterfactual "
+                                  "(against the identity)."),
+    out: Path = typer.Option(Path("outputs/eval/edits"), "--out", "-o", help="Edited images and results.json."),
+    size: Optional[int] = typer.Option(None, "--size", help="Output side (default: the largest trained one)."),
+    per_modality: int = typer.Option(20, "--per-modality", help="At most N pairs per modality."),
+    steps: int = typer.Option(20, "--steps", help="Timesteps per edit."),
+    checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+) -> None:
+    """Image-to-image on held-out corpus pairs: PSNR / SSIM per modality against bicubic or the identity."""
+    from unimedvl.eval.edit_bench import evaluate_edits, held_out_pairs
+    from unimedvl.eval.runner import log_progress
+    from unimedvl.model.sampling import GuidanceOptions
+
+    GuidanceOptions(num_timesteps=steps)
+    held_out_pairs(corpus, task, per_modality=1)  # a bad corpus or task is refused before the model loads
+    results = evaluate_edits(ModelChoice(checkpoint, dtype, device).load(), corpus, out, task=task, size=size,
+                             steps=steps, per_modality=per_modality, progress=log_progress("edit"))
+    base = results["baseline"]
+    for modality, row in results["per_modality"].items():
+        print(f"{modality}: PSNR {row['psnr']:.2f} vs {base} {row[base + '_psnr']:.2f} (better on "
+              f"{row['beats_baseline_psnr']}/{row['n']}), SSIM {row['ssim']:.3f} vs {row[base + '_ssim']:.3f}")
     print(f"wrote {out / 'results.json'}")
 
 

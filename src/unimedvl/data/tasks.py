@@ -30,11 +30,20 @@ MODALITY_ANSWERS = {"chest_xray": "X-ray", "ct": "CT", "mri": "MRI", "ultrasound
                     "endoscopy": "Endoscopy", "other": "Other"}
 MODALITY_QUESTIONS = ["What imaging modality is this?", "Which modality was used to acquire this image?",
                       "What kind of medical image is this?", "Identify the imaging technique used here.",
-                      "What type of scan is shown?"]
+                      "What type of scan is shown?", "Name the modality of this image.",
+                      "How was this image acquired?", "Modality?"]
+MODALITY_CHOICES = ["Is this image {a} or {b}?", "Was this acquired with {a} or {b}?", "{A} or {b}: which is this?"]
 FINDING_QUESTIONS = ["What is the main finding in this {m}?", "What does this {m} show?", "What is the diagnosis?",
-                     "Which abnormality, if any, is visible?", "Classify this {m}."]
-YES_NO_QUESTIONS = ["Does this {m} show {label}?", "Is there evidence of {label} in this image?",
-                    "Is {label} present?", "Would you describe this {m} as {label}?"]
+                     "Which abnormality, if any, is visible?", "Classify this {m}.", "What is your diagnosis?"]
+# Yes / no questions about a class name: findings ("Is there pneumonia?") and states ("Is this X-ray normal?").
+# The bundled evaluation sets ask paraphrases that none of these produce (tests/data/test_tasks.py checks it).
+FINDING_YES_NO = ["Does this {m} show {x}?", "Is there evidence of {x} in this image?", "Is {x} present?",
+                  "Do you see {x} here?", "Is there {x}?", "Does the image show signs of {x}?",
+                  "Can {x} be seen in this {m}?", "Is {x} seen on this {m}? Answer yes or no."]
+STATE_YES_NO = ["Is this {m} {x}?", "Would you call this {m} {x}?", "Does this {m} look {x}?", "Is the image {x}?",
+                "Would you describe this {m} as {x}? Answer yes or no.", "Is this {x}?"]
+CLASS_CHOICES = ["Is this {m} {a} or {b}?", "Does this {m} show {a} or {b}?", "{A} or {b}?",
+                 "Which is it, {a} or {b}?", "Is the finding {a} or {b}?", "Is this {a} or {b}? Answer with one word."]
 CAPTION_PROMPTS = ["Describe this image.", "Write a short caption for this {m}.", "What do you see in this image?"]
 CAPTION_ANSWERS = ["A {m} showing {label}.", "This {m} shows {label}.", "{M} with {label}."]
 T2I_PROMPTS = ["A {m} with {label}.", "{M} showing {label}.", "Generate a {m} of {label}.",
@@ -88,6 +97,55 @@ def degrade(ref: ImageRef, factor: int, rng: random.Random) -> ImageRef:
     return encode_png(np.clip(array + noise + 0.5, 0, 255).astype(np.uint8))
 
 
+def _capital(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def class_names(ctx: BuildContext) -> dict[str, str]:
+    """Label -> the short class name questions use (`options.class_names`; default: the label itself)."""
+    names = (ctx.options or {}).get("class_names") or {}
+    return {label: str(names.get(label, label)) for label in ctx.label_set}
+
+
+def _modality_questions(record: RawRecord, image: ImageRef, fill: dict, make, rng_for) -> Iterable[Sample]:  # noqa: ANN001
+    """An open modality question, and a choice between the true modality and another one."""
+    answer = MODALITY_ANSWERS[record.modality]
+    r = rng_for("vqa", "modality")
+    yield make("vqa", "modality", [_input_image(image), _user(r.choice(MODALITY_QUESTIONS).format(**fill)),
+                                   _answer(answer)], True)
+    r = rng_for("vqa", "modality-choice")
+    other = r.choice([MODALITY_ANSWERS[m] for m in MODALITY_ANSWERS if m not in (record.modality, "other")])
+    a, b = (answer, other) if r.random() < 0.5 else (other, answer)
+    yield make("vqa", "modality-choice", [_input_image(image), _user(r.choice(MODALITY_CHOICES).format(
+        a=a, b=b, A=_capital(a))), _answer(answer)], True)
+
+
+def _class_questions(record: RawRecord, image: ImageRef, ctx: BuildContext, fill: dict, make, rng_for  # noqa: ANN001
+                     ) -> Iterable[Sample]:
+    """Questions that only the image can answer: every record is asked one yes / no question about its own
+    class (answer "Yes.") and one about another class (answer "No."), each in a phrasing drawn at random, so
+    that every phrasing is answered yes and no equally often given balanced classes (the trainer's
+    `data.label_balance`); and a choice between its class and another one, answered with the class name.
+    Class names listed in `options.states` are asked as states ("Is this chest X-ray normal?"), the others
+    as findings ("Is there pneumonia?")."""
+    names = class_names(ctx)
+    own = names.get(record.label or "")
+    others = sorted({n for n in names.values() if n != own})
+    if own is None or not others:
+        return
+    states = set((ctx.options or {}).get("states") or ())
+    for variant, asked, truth in (("yesno", own, "Yes."), ("yesno-other", None, "No.")):
+        r = rng_for("vqa", variant)
+        asked = asked or r.choice(others)
+        template = r.choice(STATE_YES_NO if asked in states else FINDING_YES_NO)
+        yield make("vqa", variant, [_input_image(image), _user(template.format(x=asked, **fill)), _answer(truth)], True)
+    r = rng_for("vqa", "choice")
+    other = r.choice(others)
+    a, b = (own, other) if r.random() < 0.5 else (other, own)
+    yield make("vqa", "choice", [_input_image(image), _user(r.choice(CLASS_CHOICES).format(a=a, b=b, A=_capital(a), **fill)),
+                                 _answer(_capital(own) + ".")], True)
+
+
 def build_samples(record: RawRecord, ctx: BuildContext) -> Iterable[Sample]:
     """All samples the enabled tasks make from one record."""
     m = MODALITY_NAMES[record.modality]
@@ -97,7 +155,7 @@ def build_samples(record: RawRecord, ctx: BuildContext) -> Iterable[Sample]:
         sid = sample_id(record.source, record.key, task, variant, ctx.repeat_index)
         return Sample(id=sid, task=task, modality=record.modality, source=record.source, licence=record.licence,
                       items=items, group=record.group, template_made=template_made,
-                      provenance={**record.provenance, "record": record.key, "variant": variant,
+                      provenance={**record.provenance, "record": record.key, "variant": variant, "label": record.label,
                                   "official_split": record.official_split, "repeat": ctx.repeat_index})
 
     def rng_for(task: str, variant: str) -> random.Random:
@@ -109,19 +167,12 @@ def build_samples(record: RawRecord, ctx: BuildContext) -> Iterable[Sample]:
     if "vqa" in tasks and image is not None:
         if record.question and record.answer:
             yield make("vqa", "qa", [_input_image(image), _user(record.question), _answer(record.answer)], False)
-        r = rng_for("vqa", "modality")
-        yield make("vqa", "modality", [_input_image(image), _user(r.choice(MODALITY_QUESTIONS).format(**fill)),
-                                       _answer(MODALITY_ANSWERS[record.modality])], True)
+        yield from _modality_questions(record, image, fill, make, rng_for)
         if label:
             r = rng_for("vqa", "finding")
             yield make("vqa", "finding", [_input_image(image), _user(r.choice(FINDING_QUESTIONS).format(**fill)),
                                           _answer(label[0].upper() + label[1:] + ".")], True)
-            others = [x for x in ctx.label_set if x != label]
-            if others:
-                r = rng_for("vqa", "yesno")
-                asked, truth = (label, "Yes.") if r.random() < 0.5 else (r.choice(others), "No.")
-                yield make("vqa", "yesno", [_input_image(image), _user(r.choice(YES_NO_QUESTIONS).format(label=asked, **fill)),
-                                            _answer(truth)], True)
+            yield from _class_questions(record, image, ctx, fill, make, rng_for)
     if "caption" in tasks and image is not None and (label or record.caption):
         r = rng_for("caption", "c")
         text = record.caption or r.choice(CAPTION_ANSWERS).format(label=label, **fill)
@@ -146,7 +197,7 @@ def build_samples(record: RawRecord, ctx: BuildContext) -> Iterable[Sample]:
                                          _target_image(record.mask)], True)
     if "super_resolution" in tasks and image is not None:
         r = rng_for("super_resolution", "sr")
-        factor = r.choice((2, 4))
+        factor = r.choice(tuple(int(f) for f in (ctx.options or {}).get("sr_factors", (2, 4))))
         min_side = int((ctx.options or {}).get("sr_min_side", 64))
         if min(image.width, image.height) // factor >= max(16, min_side // factor):
             low = degrade(image, factor, r)

@@ -34,8 +34,12 @@ from unimedvl.eval.metrics.text import bleu, meteor, rouge_l
 from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.utils.files import atomic_write_text
 
+# One or two prompts per modality the judge knows; none is a training template verbatim.
 PROMPTS = {"chest_xray": ["A chest X-ray with pneumonia.", "A chest X-ray with no pneumonia."],
-           "ultrasound": ["A breast ultrasound image."]}
+           "ultrasound": ["A breast ultrasound image."], "mri": ["An MRI scan of the brain with a glioma."],
+           "ct": ["An abdominal CT scan."], "fundus": ["A fundus photograph of a retina."],
+           "oct": ["A retinal OCT scan with drusen."], "endoscopy": ["An endoscopy image with a colorectal polyp."],
+           "histopathology": ["A histopathology image of H&E-stained breast cancer tissue."]}
 EDITS = {"pneumonia": "Edit this chest X-ray to show pneumonia.", "normal": "Edit this chest X-ray to show no pneumonia."}
 EXPLAIN = "What does this chest X-ray show?"
 
@@ -85,6 +89,7 @@ def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int 
     results: dict[str, object] = {"seeds": list(range(seeds)), "steps": steps, "size": size or engine.image_config.default_size,
                                   "extractors": _extractors(judge, inception), "per_modality": {}}
     (out / "images").mkdir(parents=True, exist_ok=True)
+    every: dict[tuple[str, int], Image.Image] = {}
     for modality, prompts in PROMPTS.items():
         made: list[tuple[str, Image.Image]] = []
         for p_index, prompt in enumerate(prompts):
@@ -92,6 +97,7 @@ def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int 
                 image = engine.generate(prompt, seed=seed, height=size, width=size, guidance=guidance)
                 image.save(out / "images" / f"{modality}-{p_index}-{seed}.png")
                 made.append((prompt, image))
+                every[(prompt, seed)] = image
                 done += 1
                 if progress:
                     progress(done, total)
@@ -109,8 +115,24 @@ def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int 
             scores = judge.pneumonia_probability(images)
             row["pneumonia_auroc"] = auroc(scores, with_finding)
         results["per_modality"][modality] = row  # type: ignore[index]
+    results["distance"] = pairwise_distances(every)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
+
+
+def pairwise_distances(images: dict[tuple[str, int], Image.Image]) -> dict[str, float | None]:
+    """Mean absolute pixel difference (0-1) between images of different prompts drawn from the same seed, and
+    between images of the same prompt from different seeds: a model that ignores its prompt has the first near 0."""
+    import numpy as np
+
+    arrays = {key: np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0 for key, image in images.items()}
+    keys = sorted(arrays)
+    prompts_apart = [float(np.abs(arrays[a] - arrays[b]).mean()) for i, a in enumerate(keys) for b in keys[i + 1:]
+                     if a[1] == b[1] and a[0] != b[0] and arrays[a].shape == arrays[b].shape]
+    seeds_apart = [float(np.abs(arrays[a] - arrays[b]).mean()) for i, a in enumerate(keys) for b in keys[i + 1:]
+                   if a[0] == b[0] and a[1] != b[1] and arrays[a].shape == arrays[b].shape]
+    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+    return {"between_prompts_same_seed": mean(prompts_apart), "between_seeds_same_prompt": mean(seeds_apart)}
 
 
 def evaluate_counterfactual(engine, judge: JudgeExtractor, out: Path, *, steps: int = 20, limit: int | None = None,  # noqa: ANN001

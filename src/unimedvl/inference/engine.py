@@ -17,6 +17,7 @@ Contexts follow the reference inferencer exactly (reference-architecture.md §3)
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence
@@ -115,6 +116,8 @@ class UniMedVL:
         self.special = loaded.tokenizer.special
         self.load_reports = loaded.reports
         self.image_config = image_config or loaded.image_config
+        self.think_trained = loaded.think_trained
+        self._warned_sizes: set[tuple[int, int]] = set()
         sizes, patch, cell = self.image_config, self.config.vit.patch_size, self.config.latent_downsample
         self.vqa_vit_rule = ResizeRule.from_bounds(sizes.understanding_vit, patch)
         self.gen_vit_rule = ResizeRule.from_bounds(sizes.generation_vit, patch)
@@ -241,6 +244,7 @@ class UniMedVL:
         pil_images = [load_image(img) for img in images]  # type: ignore[union-attr]
         ctx = self.new_context()
         if think:
+            self._require_think()
             self.add_text(ctx, VLM_THINK_SYSTEM_PROMPT)
         for image in pil_images:
             self.add_image(ctx, image, vae=False, vit=True, vit_rule=self.vqa_vit_rule)
@@ -288,6 +292,7 @@ class UniMedVL:
         image_uncond_texts: list[str] = []
         has_image = False
         if think:
+            self._require_think()
             system = VLM_THINK_SYSTEM_PROMPT if understanding else GEN_THINK_SYSTEM_PROMPT
             self.add_text(gen_ctx, system)
             image_uncond_texts.append(system)
@@ -329,10 +334,25 @@ class UniMedVL:
                                      generator=generator, noise=noise, progress=progress, trace=trace)
         return image, answer
 
+    def _require_think(self) -> None:
+        if self.think_trained is False:
+            raise InputError("this checkpoint was not trained for think mode (its capabilities.json says "
+                             "\"think\": false); ask without think")
+
+    def _warn_untrained_size(self, height: int, width: int) -> None:
+        """Warn once per size that generation was not trained at (the checkpoint's `generation_sizes`)."""
+        untrained = self.image_config.untrained_sides(height, width)
+        if untrained and (height, width) not in self._warned_sizes:
+            self._warned_sizes.add((height, width))
+            trained = ", ".join(str(s) for s in self.image_config.generation_sizes)
+            warnings.warn(f"{height}x{width}: this checkpoint was trained to generate at sides {trained} px only; "
+                          "other sizes may give poor images", UserWarning, stacklevel=3)
+
     def _generate_image(self, cond: KVCache, text_uncond: KVCache, image_uncond: KVCache, height: int, width: int,
                         guidance: GuidanceOptions, *, generator: torch.Generator | None, noise: torch.Tensor | None,
                         progress: ProgressFn | None, trace: GenerationTrace | None) -> Image.Image:
         check_generation_size(self.config, height, width)
+        self._warn_untrained_size(height, width)
         ds = self.config.latent_downsample
         grid = (height // ds, width // ds)
         shape = (grid[0] * grid[1], self.config.patch_latent_dim)
@@ -392,10 +412,13 @@ class UniMedVL:
         Args:
             understand_first: UniMedVL's interactive flow: first describe the image for the instruction
                 (greedy, image ViT-only) and append that text to the instruction.
-        The output keeps the input's (resized) size unless height and width are given.
+        The output keeps the input's (resized) size unless height and width are given; for a checkpoint that
+        records its trained generation sizes, that size is scaled to the nearest of them (aspect kept).
         """
         _check_prompt(instruction, "instruction")
         source = load_image(image)
+        if height is None and width is None:
+            height, width = self.edit_size(source.width, source.height)
         if understand_first:
             _, analysis = self.interleave([source, instruction], output="text", seed=seed,
                                           text_options=TextOptions(max_new_tokens=800))
@@ -406,6 +429,17 @@ class UniMedVL:
                                     **kwargs)  # type: ignore[arg-type]
         assert result is not None
         return result
+
+    def edit_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) of an edit of a width x height input: the VAE rule's size, scaled to the nearest
+        trained generation side when the checkpoint records them."""
+        w, h = self.gen_vae_rule.target_size(width, height)
+        sizes = self.image_config.generation_sizes
+        if not sizes or max(h, w) in sizes:
+            return h, w
+        side = min(sizes, key=lambda s: (abs(s - max(h, w)), -s))
+        ds = self.config.latent_downsample
+        return tuple(max(ds, round(v * side / max(h, w) / ds) * ds) for v in (h, w))  # type: ignore[return-value]
 
     def ask_many(self, requests: Iterable[tuple[Sequence[ImageLike], str]], **options: object) -> Iterable[Answer]:
         """Answer several (images, question) pairs with the one loaded model."""

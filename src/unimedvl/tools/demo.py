@@ -13,7 +13,7 @@ from typing import Callable
 from PIL import Image
 
 from unimedvl.assets import SAMPLES
-from unimedvl.imaging.pixels import save_image
+from unimedvl.imaging.pixels import load_image, save_image
 from unimedvl.inference.engine import UniMedVL
 from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.utils.files import atomic_write_text
@@ -51,9 +51,16 @@ def run_demo(model: UniMedVL, out: Path, *, steps: int = 20, size: int | None = 
                                 progress=progress("generate") if progress else None) for p in PROMPTS]
     report["generate_seconds"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
-    source, instruction = SAMPLES / EDIT[0], EDIT[1]
+    source, instruction = load_image(SAMPLES / EDIT[0]), EDIT[1]
+    height = width = None
+    sizes = model.image_config.generation_sizes
+    if len(sizes) > 1:  # x2 super-resolution as trained: the input at half the largest trained side
+        side = max(sizes)
+        source = source.resize((side // 2, side // 2), Image.BICUBIC)
+        height = width = side
     edited = model.edit(source, instruction, seed=0, guidance=GuidanceOptions.editing(num_timesteps=steps),
-                        progress=progress("edit") if progress else None)
+                        height=height, width=width, progress=progress("edit") if progress else None)
+    report["edit_sizes"] = {"input": list(source.size), "output": list(edited.size)}
     report["edit_seconds"] = round(time.perf_counter() - start, 3)
     for index, image in enumerate(generated):
         save_image(image, out / f"generated_{index}.png")
@@ -68,8 +75,8 @@ def run_demo(model: UniMedVL, out: Path, *, steps: int = 20, size: int | None = 
             f"max-width:900px;margin:auto}} figure{{display:inline-block;margin:6px}} td{{padding:4px;border-bottom:1px solid #ddd}}"
             f"</style></head><body><h1>unimedvl demo</h1><p>Model: {html.escape(label)}</p>"
             f"<h2>Questions about real images</h2><table><tr><th>image</th><th>question</th><th>answer</th></tr>{rows}</table>"
-            f"<h2>Text-to-image</h2>{gens}<h2>Editing</h2><figure><img src='{_thumbnail(Image.open(source))}'>"
-            f"<figcaption>input</figcaption></figure><figure><img src='{_thumbnail(edited)}'><figcaption>"
+            f"<h2>Text-to-image</h2>{gens}<h2>Editing</h2><figure><img src='{_thumbnail(source)}'>"
+            f"<figcaption>input {source.width}x{source.height}</figcaption></figure><figure><img src='{_thumbnail(edited)}'><figcaption>"
             f"{html.escape(instruction)}</figcaption></figure><p>Times: ask {report['ask_seconds']} s, generate "
             f"{report['generate_seconds']} s, edit {report['edit_seconds']} s (CPU).</p></body></html>")
     atomic_write_text(out / "demo.html", page)

@@ -47,8 +47,26 @@ class DataConfig:
     # 1.0 = every sample equally often, 0.0 = every source equally often. One number for every
     # family, or a mapping family -> number (families left out use 1.0).
     source_balance: float | dict[str, float] = 1.0
+    # Within a source, draw every class (the label a sample was made from) equally often: with
+    # balanced classes every yes / no phrasing is answered yes and no equally often.
+    label_balance: bool = False
+    # Probability that an image a sample reads (understanding samples) is re-cropped, re-sampled and
+    # re-windowed (`imaging/augment.py`).
+    augment: float = 0.0
+    # Long sides at which generated images are drawn (one per sample, at random; the sample's other VAE
+    # images keep their size relative to it, so a x2 super-resolution input is drawn at half of it).
+    # Empty: every VAE image by the vae_min / vae_max rule.
+    vae_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "vae_sizes", tuple(self.vae_sizes))
+        bad = [s for s in self.vae_sizes if isinstance(s, bool) or not isinstance(s, int)
+               or not self.vae_min <= s <= self.vae_max]
+        if bad:
+            raise ConfigError(f"data.vae_sizes must be integers between vae_min ({self.vae_min}) and vae_max "
+                              f"({self.vae_max}), got {list(self.vae_sizes)}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ConfigError(f"data.augment is a probability in [0, 1], got {self.augment!r}")
         balances = self.source_balance if isinstance(self.source_balance, dict) else {"*": self.source_balance}
         unknown_families = set(balances) - set(FAMILIES) - {"*"}
         if unknown_families:
@@ -71,7 +89,7 @@ class DataConfig:
     def image_config(self) -> ImageConfig:
         """How this stage sizes images; an export writes it as the model's `image_config.json`."""
         return ImageConfig.trained(vit_max=self.vit_max, vit_min=self.vit_min, vae_max=self.vae_max,
-                                   vae_min=self.vae_min)
+                                   vae_min=self.vae_min, generation_sizes=self.vae_sizes)
 
     def balance_for(self, family: str) -> float:
         """The source balance of one task family."""

@@ -24,6 +24,7 @@ from unimedvl.config import ImageConfig, UnifiedConfig
 from unimedvl.data.schema import Sample
 from unimedvl.data.storage import iter_samples
 from unimedvl.errors import ConfigError
+from unimedvl.imaging.augment import augment_for_reading
 from unimedvl.imaging.pixels import load_image, to_tensor
 from unimedvl.imaging.resize import ResizeRule
 from unimedvl.model.packing import LatentSegment, PackBuilder, PackedBatch, Segment, TextSegment, VitSegment
@@ -77,44 +78,68 @@ class CorpusIndex:
 
 
 def plan_sample(sample: Sample, tokenizer: TextTokenizer, sizes: ImageConfig, model: UnifiedConfig,
-                rng: random.Random | None = None, dropout: DataConfig | None = None) -> list[Segment | None]:
+                rng: random.Random | None = None, stage: DataConfig | None = None) -> list[Segment | None]:
     """The one mapping from a corpus sample to packed segments, in order (training and held-out losses).
 
     Items map as the corpus schema documents: a text item is a :class:`TextSegment` (loss on
     assistant turns); an image item a :class:`VitSegment` (`use="vit"`), a :class:`LatentSegment`
     (`use="vae"`; noisy when it carries the loss) or both, VAE first (`use="vae+vit"`).
-    Condition dropout (given `rng` and `dropout`) applies only to the inputs of samples that
-    generate an image: a dropped text disappears, a dropped image becomes `None` (it keeps its
-    RoPE slot, :meth:`PackBuilder.skip_image`).
+    Given `rng` and the `stage`'s data config (training):
+    * condition dropout applies only to the inputs of samples that generate an image: a dropped text
+      disappears, a dropped image becomes `None` (it keeps its RoPE slot, :meth:`PackBuilder.skip_image`);
+    * a sample that generates an image draws its size from `stage.vae_sizes` (other VAE images scaled alike);
+    * the images of samples that only read are augmented with probability `stage.augment`.
     """
     generates = any(it.loss and it.kind == "image" for it in sample.items)
-    drops = rng is not None and dropout is not None and generates
+    drops = rng is not None and stage is not None and generates
     vit_rule = ResizeRule.from_bounds(sizes.generation_vit, model.vit.patch_size)
     vae_rule = ResizeRule.from_bounds(sizes.vae, model.latent_downsample)
+    scale = None
+    if drops and stage.vae_sizes:  # type: ignore[union-attr]
+        target = next(it.image for it in sample.items if it.loss and it.kind == "image")
+        scale = rng.choice(stage.vae_sizes) / max(target.width, target.height)  # type: ignore[union-attr]
+    augments = rng is not None and stage is not None and not generates and stage.augment > 0
     out: list[Segment | None] = []
     for item in sample.items:
         if item.kind == "text":
-            if drops and not item.loss and rng.random() < dropout.text_dropout:  # type: ignore[union-attr]
+            if drops and not item.loss and rng.random() < stage.text_dropout:  # type: ignore[union-attr]
                 continue
             out.append(TextSegment(tuple(tokenizer.frame(item.text or "")), loss=item.loss))
             continue
         image = load_image(Image.open(io.BytesIO(item.image.data)))  # type: ignore[union-attr]
         for use in (["vae", "vit"] if item.use == "vae+vit" else [item.use]):
             if use == "vit":
-                resized = vit_rule(image)
+                read = image
+                if augments and rng.random() < stage.augment:  # type: ignore[union-attr]
+                    read = augment_for_reading(image, rng)  # type: ignore[arg-type]
+                resized = vit_rule(read)
                 segment: Segment = VitSegment(to_tensor(resized), _grid(resized, model.vit.patch_size))
-                dropped = drops and rng.random() < dropout.vit_dropout  # type: ignore[union-attr]
+                dropped = drops and rng.random() < stage.vit_dropout  # type: ignore[union-attr]
             else:
-                resized = vae_rule(image)
+                resized = vae_rule(image) if scale is None else _scaled(image, scale, model.latent_downsample)
                 segment = LatentSegment(_grid(resized, model.latent_downsample), noisy=item.loss,
                                         pixels=to_tensor(resized))
-                dropped = drops and not item.loss and rng.random() < dropout.vae_dropout  # type: ignore[union-attr]
+                dropped = drops and not item.loss and rng.random() < stage.vae_dropout  # type: ignore[union-attr]
             out.append(None if dropped else segment)
     return out
 
 
+def _scaled(image: Image.Image, scale: float, stride: int) -> Image.Image:
+    """`image` resized by `scale`, each side rounded to the latent stride (at least one cell)."""
+    size = tuple(max(stride, round(side * scale / stride) * stride) for side in image.size)
+    return image if size == image.size else image.resize(size, Image.BICUBIC)
+
+
 def _grid(image: Image.Image, cell: int) -> tuple[int, int]:
     return image.height // cell, image.width // cell
+
+
+def _by_label(samples: list[Sample]) -> dict[str, list[Sample]]:
+    """Samples grouped by the label they were made from (samples without one share the group "")."""
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(str(sample.provenance.get("label") or ""), []).append(sample)
+    return groups
 
 
 class PackMaker:
@@ -126,6 +151,8 @@ class PackMaker:
         self.sizes = config.image_config
         self.families, self.weights = index.families(config.mix)
         self.sources = {f: index.source_weights(f, config.balance_for(f)) for f in self.families}
+        self.labels: dict[str, dict[str, dict[str, list[Sample]]]] = {
+            f: {name: _by_label(rows) for name, rows in index.by_source[f].items()} for f in self.families}
 
     def make(self, step: int, pack_index: int) -> PackedBatch:
         rng = random.Random(f"{self.seed}/{step}/{pack_index}")
@@ -136,7 +163,12 @@ class PackMaker:
             attempts += 1
             family = rng.choices(self.families, self.weights)[0]
             names, weights = self.sources[family]
-            pool = self.index.by_source[family][rng.choices(names, weights)[0]]
+            source = rng.choices(names, weights)[0]
+            if self.config.label_balance:
+                labels = self.labels[family][source]
+                pool = labels[sorted(labels)[rng.randrange(len(labels))]]
+            else:
+                pool = self.index.by_source[family][source]
             sample = pool[rng.randrange(len(pool))]
             planned = plan_sample(sample, self.tokenizer, self.sizes, self.model, rng, self.config)
             if sum(s.num_tokens for s in planned if s is not None) > self.config.max_tokens_per_sample:

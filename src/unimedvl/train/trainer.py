@@ -248,6 +248,13 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     # ---------------------------------------------------------------- export
+    @property
+    def trains_think_mode(self) -> bool:
+        """Whether this stage's corpus holds chain-of-thought answers (an export records it, `capabilities.json`):
+        think mode is refused for a checkpoint whose last stage never saw one."""
+        return any(sample.provenance.get("transform") == "chain_of_thought"
+                   for rows in self.index.by_source["understanding"].values() for sample in rows)
+
     def export(self, folder: str | Path, *, use_ema: bool = True) -> Path:
         """Write the released layout (`checkpoint.save_checkpoint`) with the EMA weights and this stage's image sizes."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -259,7 +266,8 @@ class Trainer:
                 full[name] = value.full_tensor() if hasattr(value, "full_tensor") else value
         if self.rank == 0:
             save_checkpoint(folder, config=self.model_config, weights=full, vae_weights=self.vae.state_dict(),
-                            tokenizer=self.tokenizer, image_config=self.config.data.image_config)
+                            tokenizer=self.tokenizer, image_config=self.config.data.image_config,
+                            think_trained=self.trains_think_mode)
         self._barrier()
         return folder
 

@@ -55,6 +55,7 @@ class SourceConfig:
     repeat: int = 1  # repeat every record (benchmarks)
     limit: int | None = None  # use only the first N references
     redistributable: bool = False
+    base_dir: Path = Path(".")  # the folder of the declaring YAML: relative option paths start here
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path, origin: str) -> "SourceConfig":
@@ -77,7 +78,7 @@ class SourceConfig:
                    licence=str(data["licence"]), tasks=tuple(data.get("tasks", ())),
                    options=dict(data.get("options") or {}), repeat=int(data.get("repeat", 1)),
                    limit=None if data.get("limit") is None else int(data["limit"]),
-                   redistributable=bool(data.get("redistributable", False)))
+                   redistributable=bool(data.get("redistributable", False)), base_dir=base_dir.resolve())
 
     @classmethod
     def from_yaml(cls, path: Path) -> "SourceConfig":

@@ -16,24 +16,39 @@ def _label_name(folder: str, options: dict[str, Any]) -> str:
 @register("class_folder")
 class ClassFolder(Adapter):
     """`root/<class>/<image>`; options: label_names {folder: text}, modality_by_class {folder: modality},
-    group_pattern (regex with one group taking the patient id from the file name)."""
+    group_pattern (regex with one group taking the patient id from the file name), exclude_patients_of
+    (a text file of image file names, one per line, relative to the source YAML: every image of their
+    patients is left out, e.g. the images of an evaluation set)."""
 
     def refs(self) -> list[str]:
         root = self.config.path
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not classes:
             raise RecordError(f"{root}: no class folders")
-        return [str(p.relative_to(root)) for c in classes for p in list_images(root / c)]
+        refs = [str(p.relative_to(root)) for c in classes for p in list_images(root / c)]
+        excluded = self._excluded_groups()
+        return [r for r in refs if self._group(Path(r).name) not in excluded] if excluded else refs
 
-    def load(self, ref: str) -> RawRecord:
+    def _group(self, name: str) -> str:
         import re
 
+        pattern = self.config.options.get("group_pattern")
+        match = re.search(pattern, name) if pattern else None
+        return match.group(1) if match else name
+
+    def _excluded_groups(self) -> set[str]:
+        listed = self.config.options.get("exclude_patients_of")
+        if not listed:
+            return set()
+        path = Path(listed) if Path(listed).is_absolute() else self.config.base_dir / listed
+        if not path.is_file():
+            raise RecordError(f"exclude_patients_of: {path} not found")
+        return {self._group(line.strip()) for line in path.read_text().splitlines() if line.strip()}
+
+    def load(self, ref: str) -> RawRecord:
         folder = Path(ref).parts[0]
         opts = self.config.options
-        group = None
-        if "group_pattern" in opts:
-            match = re.search(opts["group_pattern"], Path(ref).name)
-            group = match.group(1) if match else None
+        group = self._group(Path(ref).name) if "group_pattern" in opts else None
         return self.record(ref, images=[read_image_file(self.config.path / ref)], label=_label_name(folder, opts),
                            modality=opts.get("modality_by_class", {}).get(folder), group=group,
                            provenance={"path": ref})
