@@ -76,6 +76,7 @@ class TextTokenizer:
                 raise CheckpointError(f"tokenizer has no {token} token; a Qwen2.5 vocabulary is required")
             ids[field] = token_id
         self.special = SpecialTokens(**ids)
+        self._added_tokens = tuple(t.content for t in backend.get_added_tokens_decoder().values())
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> "TextTokenizer":
@@ -96,9 +97,18 @@ class TextTokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of user or corpus text. Control tokens typed in it (`<|im_end|>`, `<|vision_start|>`, ...)
+        are encoded as the characters they are, never as the control tokens: text cannot forge a turn or an
+        image delimiter. Framing comes only from :meth:`frame` and the packing code."""
         if not isinstance(text, str):
             raise InputError(f"prompt must be a string, got {type(text).__name__}")
-        return self.backend.encode(text, add_special_tokens=False).ids
+        if not any(token in text for token in self._added_tokens):
+            return self.backend.encode(text, add_special_tokens=False).ids
+        self.backend.encode_special_tokens = True
+        try:
+            return self.backend.encode(text, add_special_tokens=False).ids
+        finally:
+            self.backend.encode_special_tokens = False
 
     def frame(self, text: str) -> list[int]:
         """`[<|im_start|>] + encode(text) + [<|im_end|>]`: how every text segment enters the model."""
