@@ -4,7 +4,7 @@ the held-out splits.
 
     .venv/bin/python scripts/ablation_unimedvl_tiny.py --out outputs/unimedvl-tiny [--steps 500]
 
-Needs `scripts/train_unimedvl_tiny.py` to have built OUT/corpus and OUT/base. Writes OUT/ablation.md.
+Needs `unimedvl train recipes/unimedvl-tiny/curriculum.yaml --out OUT` to have built OUT/corpus and OUT/base. Writes OUT/ablation.md.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def generate(
     output_format(out)
     choice = ModelChoice(checkpoint, dtype, device)
     config, sizes = choice.configs()
-    check_generation_size(config, height or sizes.default_size, width or sizes.default_size)
+    check_generation_size(config, sizes.default_size if height is None else height,
+                          sizes.default_size if width is None else width)
     model = choice.load()
     start = time.perf_counter()
     image = model.generate(prompt, height=height, width=width, guidance=guidance, think=think, seed=seed,
@@ -158,7 +159,8 @@ def demo(
     choice = ModelChoice(checkpoint)
     GuidanceOptions(num_timesteps=steps)  # refuse bad values before loading
     config, sizes = choice.configs()
-    check_generation_size(config, size or sizes.default_size, size or sizes.default_size)
+    side = sizes.default_size if size is None else size
+    check_generation_size(config, side, side)
     report = run_demo(choice.load(), out, steps=steps, size=size, label=choice.label, progress=progress)
     for answer in report["answers"]:  # type: ignore[union-attr]
         print(f"Q ({answer['image']}): {answer['question']}\nA: {answer['answer']}")

@@ -206,7 +206,8 @@ def generation(
     GuidanceOptions(num_timesteps=steps)
     choice = ModelChoice(checkpoint, dtype, device)
     config, sizes = choice.configs()
-    check_generation_size(config, size or sizes.default_size, size or sizes.default_size)
+    side = sizes.default_size if size is None else size
+    check_generation_size(config, side, side)
     judge, inception = _judge(), _inception(extractor)
     results = evaluate_generation(choice.load(), judge, out, seeds=seeds, steps=steps, size=size, inception=inception,
                                   progress=log_progress("generate"))

@@ -395,8 +395,8 @@ class UniMedVL:
         """Text-to-image. Defaults follow BAGEL's T2I settings (scale 4, interval (0.4, 1], shift 3, 50 steps);
         the size defaults to the image config's (1024 for a released checkpoint, the training size for ours)."""
         _check_prompt(prompt)
-        height = height or self.image_config.default_size
-        width = width or self.image_config.default_size
+        height = self.image_config.default_size if height is None else height
+        width = self.image_config.default_size if width is None else width
         image, _ = self.interleave([prompt], height=height, width=width,
                                    guidance=guidance or GuidanceOptions.text_to_image(), think=think, seed=seed,
                                    progress=progress, **kwargs)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ rule; with text scale <= 1 the image scale does nothing):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, TypeVar
 
@@ -25,6 +26,7 @@ from unimedvl.errors import InputError
 
 RenormType = Literal["global", "channel", "text_channel"]
 Branch = Literal["cond", "text_uncond", "image_uncond"]
+MAX_TIMESTEPS = 1000  # beyond this a run is a typo (the reference uses 50), not a request
 T = TypeVar("T", float, torch.Tensor)
 
 
@@ -42,12 +44,21 @@ class GuidanceOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interval", tuple(float(v) for v in self.interval))
-        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
-            raise InputError(f"num_timesteps must be an integer >= 2, got {self.num_timesteps!r}")
+        if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int) or not (
+                2 <= self.num_timesteps <= MAX_TIMESTEPS):
+            raise InputError(f"num_timesteps must be an integer in [2, {MAX_TIMESTEPS}], got {self.num_timesteps!r}")
+        for name in ("timestep_shift", "text_scale", "image_scale", "renorm_min"):  # inf / nan give black images
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+        if not all(math.isfinite(v) for v in self.interval):
+            raise InputError(f"guidance interval must hold finite numbers, got {self.interval}")
         if not self.timestep_shift > 0:
             raise InputError(f"timestep_shift must be positive, got {self.timestep_shift}")
         if self.text_scale < 0 or self.image_scale < 0:
             raise InputError("guidance scales must be >= 0")
+        if not 0.0 <= self.renorm_min <= 1.0:
+            raise InputError(f"renorm_min must lie in [0, 1], got {self.renorm_min}")
         lo, hi = self.interval
         if len(self.interval) != 2 or not 0.0 <= lo <= hi <= 1.0:
             raise InputError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got {self.interval}")
