@@ -44,21 +44,21 @@ def ask(
         raise InputError("--batch takes its images and questions from the file; do not pass them as well")
     if not batch.is_file():
         raise InputError(f"batch file not found: {batch}")
-    from unimedvl.inference.batch import answer_lines
+    from unimedvl.inference.batch import answer_file, answered_lines
 
-    lines = batch.read_text(encoding="utf-8").splitlines()
-    results = []
-    for record in answer_lines(choice.load(), lines, base_dir=batch.parent, options=options, think=think, seed=seed):
-        results.append(json.dumps(record, ensure_ascii=False))
-        print(f"\ranswered {record['line']}/{len(lines)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    text = "\n".join(results) + ("\n" if results else "")
-    if out is None:
+    if out is not None:
+        answered_lines(out)  # a foreign --out file is refused before the model loads
+
+    def write(text: str) -> None:
         sys.stdout.write(text)
-    else:
-        from unimedvl.utils.files import atomic_write_text
+        sys.stdout.flush()
 
-        atomic_write_text(out, text)
+    def show(line: int, total: int) -> None:
+        print(f"\ranswered line {line}/{total}", end="", file=sys.stderr, flush=True)
+
+    count = answer_file(choice.load(), batch, out, options=options, think=think, seed=seed, write=write,
+                        progress=show)
+    print(f"\n{count} lines answered" + (f" -> {out}" if out is not None else ""), file=sys.stderr)
 
 
 @with_guidance("generate")

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -271,12 +272,17 @@ def global_qc(jobs: list[ChunkJob], config: BuildConfig, work_dir: Path) -> tupl
 # ------------------------------------------------------------------ phase C
 def write_shards(jobs: list[ChunkJob], out: Path, qc: GlobalQC, shard_rows: int
                  ) -> tuple[tuple[ShardInfo, ...], dict[str, Any]]:
-    """Stream the accepted candidates into split shards; returns the shards, counts and image sizes seen."""
-    writer = ShardWriter(out, shard_rows)
+    """Stream the accepted candidates into split shards; returns the shards, counts and image sizes seen.
+
+    The shards are written into `work/next/` first and swapped in only once all are written: a build
+    killed (or out of disk) here leaves the previous corpus, manifest and shards, exactly as it was.
+    The old manifest goes before the swap, so no moment has a manifest naming shards that are not there.
+    """
+    staging = out / "work" / "next"
+    if staging.exists():
+        shutil.rmtree(staging)  # a previous attempt that did not finish
+    writer = ShardWriter(staging, shard_rows)
     image_sizes: list[tuple[str, int, int]] = []
-    data_dir = out / "data"
-    for old in sorted(data_dir.glob("*/shard-*.parquet")) if data_dir.exists() else []:
-        old.unlink()  # shards are rebuilt from the candidates (deterministically)
     for job in jobs:
         parquet = pq.ParquetFile(job.path)
         for batch in parquet.iter_batches(batch_size=256):
@@ -295,7 +301,22 @@ def write_shards(jobs: list[ChunkJob], out: Path, qc: GlobalQC, shard_rows: int
                     image_sizes.append((row["modality"], first["image_width"], first["image_height"]))
                 writer.add(row)
     shards = writer.close()
+    _swap_in(staging / "data", out)
     return shards, {"counts": writer.sorted_counts(), "image_sizes": image_sizes}
+
+
+def _swap_in(new_data: Path, out: Path) -> None:
+    """Replace `out/data` with `new_data`: the manifest describing the old shards is removed first."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    new_data.mkdir(parents=True, exist_ok=True)  # a corpus may have no accepted sample at all
+    retired = out / "work" / "retired-data"
+    if retired.exists():
+        shutil.rmtree(retired)
+    if (out / "data").exists():
+        os.replace(out / "data", retired)
+    os.replace(new_data, out / "data")
+    if retired.exists():
+        shutil.rmtree(retired)
 
 
 # ------------------------------------------------------------------ driver

@@ -16,6 +16,7 @@ Contexts follow the reference inferencer exactly (reference-architecture.md §3)
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ class Answer:
         return _THINK_RE.sub("", self.text).strip() if self.thinking is not None else self.text
 
 
+# Limits, each refused with a clear error before any large allocation.
+MAX_PROMPT_CHARS = 32_000
+MAX_NEW_TOKENS = 8_192
+MAX_CONTEXT_TOKENS = 32_768
+
+
 @dataclass
 class TextOptions:
     """Decoding: greedy by default; sampling with temperature and nucleus (top-p) when `do_sample`."""
@@ -64,8 +71,13 @@ class TextOptions:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or not (
+                1 <= self.max_new_tokens <= MAX_NEW_TOKENS):
+            raise InputError(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens!r}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
         if self.do_sample and not self.temperature > 0:
             raise InputError(f"temperature must be > 0 when sampling, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -89,6 +101,8 @@ def _check_prompt(text: object, what: str = "prompt") -> str:
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InputError(f"{what} is empty")
+    if len(text) > MAX_PROMPT_CHARS:  # refused before tokenizing: an 80k-character prompt tried to allocate 25 GB
+        raise InputError(f"{what} has {len(text):,} characters; at most {MAX_PROMPT_CHARS:,} are accepted")
     return text
 
 
@@ -139,8 +153,16 @@ class UniMedVL:
     @torch.no_grad()
     def add_text(self, context: KVCache, text: str) -> torch.Tensor:
         """Append `<|im_start|> text <|im_end|>`; returns the block's final hidden states."""
-        ids = torch.tensor(self.tokenizer.frame(text), dtype=torch.long)
-        return self.model.prefill_text(context, ids)
+        ids = self.tokenizer.frame(text)
+        self._check_context(context, len(ids), "the prompt")
+        return self.model.prefill_text(context, torch.tensor(ids, dtype=torch.long))
+
+    def _check_context(self, context: KVCache, extra: int, what: str) -> None:
+        """Refuse a context that would outgrow the model's positions (attention cost grows with its square)."""
+        limit = min(self.config.llm.max_position_embeddings, MAX_CONTEXT_TOKENS)
+        if context.length + extra > limit:
+            raise InputError(f"{what} needs {extra:,} more tokens after {context.length:,}; this model takes at most "
+                             f"{limit:,} in one context")
 
     @torch.no_grad()
     def add_image(self, context: KVCache, image: Image.Image, *, vae: bool, vit: bool, vit_rule: ResizeRule,
@@ -201,6 +223,7 @@ class UniMedVL:
         The context itself is not extended (decoding runs on a fork, as the reference deep-copies).
         """
         options = options or TextOptions()
+        self._check_context(context, options.max_new_tokens + 1, f"max_new_tokens={options.max_new_tokens}")
         ctx = context.fork()
         ctx.reserve(options.max_new_tokens + 1)
         token = self.special.bos

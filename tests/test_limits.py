@@ -1,0 +1,50 @@
+"""Limits refused with one clear error before any large allocation (issue 13, item 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unimedvl.checkpoint.folder import load_checkpoint
+from unimedvl.cli import main
+from unimedvl.errors import InputError
+from unimedvl.inference.engine import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, TextOptions, UniMedVL
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_new_tokens": 10**9}, "max_new_tokens must be an integer in"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be an integer in"),
+    ({"max_new_tokens": True}, "max_new_tokens must be an integer in"),
+    ({"temperature": float("nan"), "do_sample": True}, "temperature must be a finite number"),
+    ({"top_p": float("inf")}, "top_p must be a finite number"),
+])
+def test_decoding_options_are_bounded_and_finite(options: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        TextOptions(**options)
+    assert TextOptions(max_new_tokens=MAX_NEW_TOKENS).max_new_tokens == MAX_NEW_TOKENS
+
+
+def test_a_huge_prompt_is_refused_before_tokenizing(engine, cxr_path: Path) -> None:  # noqa: ANN001
+    with pytest.raises(InputError, match=f"at most {MAX_PROMPT_CHARS:,}"):
+        engine.ask([cxr_path], "pneumonia? " * 8_000)
+    with pytest.raises(InputError, match="characters"):
+        engine.generate("A chest X-ray. " * 10_000, height=32, width=32)
+
+
+def test_the_context_cannot_outgrow_the_model(checkpoint_copy: Path, cxr_path: Path) -> None:
+    config = json.loads((checkpoint_copy / "llm_config.json").read_text())
+    (checkpoint_copy / "llm_config.json").write_text(json.dumps({**config, "max_position_embeddings": 96}))
+    engine = UniMedVL(load_checkpoint(checkpoint_copy))
+    with pytest.raises(InputError, match="at most 96 in one context"):
+        engine.ask([cxr_path], "Is there pneumonia? " * 30)  # the prompt alone
+    with pytest.raises(InputError, match="max_new_tokens=80 needs 81 more tokens"):
+        engine.ask([cxr_path], "Is there pneumonia?", max_new_tokens=80)
+    assert engine.ask([cxr_path], "Is there pneumonia?", max_new_tokens=4).token_ids
+
+
+def test_the_cli_says_so_in_one_line(capsys, cxr_path: Path) -> None:  # noqa: ANN001
+    assert main(["ask", str(cxr_path), "-q", "hi", "--max-new-tokens", "1000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: max_new_tokens must be an integer in") and err.count("\n") == 1
