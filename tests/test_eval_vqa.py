@@ -86,7 +86,8 @@ def test_scores_against_both_baselines_with_a_modality_cap(train_corpus: Path) -
     assert "| modality | 9 | 0.333 | 0.333 | n/a | x ray |" in result.table()  # knowing the modality is the answer
 
     oracle = evaluate_vqa(OracleEngine(train_corpus), train_corpus, splits=("train",), per_modality=3)
-    assert {k: r["accuracy"] for k, r in oracle.per_type.items()} == {"finding": 1.0, "modality": 1.0, "yesno": 1.0}
+    assert {k: r["accuracy"] for k, r in oracle.per_type.items()} == {"finding": 1.0, "modality": 1.0, "yesno": 1.0,
+                                                                       "choice": 1.0}
 
 
 def test_balanced_accuracy_averages_class_recalls() -> None:

@@ -36,9 +36,13 @@ def test_a_huge_prompt_is_refused_before_tokenizing(engine, cxr_path: Path) -> N
 def test_the_context_cannot_outgrow_the_model(checkpoint_copy: Path, cxr_path: Path) -> None:
     config = json.loads((checkpoint_copy / "llm_config.json").read_text())
     (checkpoint_copy / "llm_config.json").write_text(json.dumps({**config, "max_position_embeddings": 96}))
+    with pytest.raises(InputError, match="the image needs .* more tokens after 0"):  # reference sizes: ~4,900 patches
+        UniMedVL(load_checkpoint(checkpoint_copy)).ask([cxr_path], "Is there pneumonia?")
+    (checkpoint_copy / "image_config.json").write_text(json.dumps(
+        {"vae_max": 64, "vae_min": 32, "vit_max": 56, "vit_min": 28, "default_size": 32}))
     engine = UniMedVL(load_checkpoint(checkpoint_copy))
     with pytest.raises(InputError, match="at most 96 in one context"):
-        engine.ask([cxr_path], "Is there pneumonia? " * 30)  # the prompt alone
+        engine.ask([cxr_path], "Is there pneumonia? " * 30)
     with pytest.raises(InputError, match="max_new_tokens=80 needs 81 more tokens"):
         engine.ask([cxr_path], "Is there pneumonia?", max_new_tokens=80)
     assert engine.ask([cxr_path], "Is there pneumonia?", max_new_tokens=4).token_ids

@@ -64,8 +64,9 @@ def test_llm_judge_scores_thresholds_and_caches(tmp_path: Path, judge_url: str) 
     assert asked > 0 and FakeJudge.requests[0]["model"] == "medgemma-27b"
     assert "physician" in FakeJudge.requests[0]["messages"][0]["content"]
     rejected = manifest.origin["qc"]["stage2_rejected"].get("alignment_below_threshold:llm_judge", 0)
-    # The modality questions never mention pneumonia: graded 2 -> 0.25 < 0.5; the finding questions are kept.
-    assert rejected == 20 and manifest.total == 40
+    # The two modality questions per record never mention pneumonia: graded 2 -> 0.25 < 0.5; the finding,
+    # yes / no and choice questions (4 per record) are kept.
+    assert rejected == 40 and manifest.total == 80
     stage2 = json.loads((out / "qc/stage2.json").read_text())
     assert "llm_judge" in stage2["scores"]["chest_xray"]
     # A fresh build in another folder that shares the cache file asks nothing new.

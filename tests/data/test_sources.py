@@ -147,7 +147,8 @@ def test_alignment_scorer_rejects_a_grey_image_labelled_histopathology(tmp_path:
                            splits={"train": 1.0})
     # The real QA pair names no modality and its image is grey: 0.5 * 0.5 + 0.5 * 0 = 0.25 < 0.5.
     assert manifest.origin["qc"]["stage2_rejected"] == {"alignment_below_threshold:modality_consistency": 1}
-    assert [s.template_made for s in iter_samples(out)] == [True]  # "Histopathology" answer: 0.5, kept
+    # The two modality questions (open and a choice) answer "Histopathology": 0.5, kept.
+    assert [s.template_made for s in iter_samples(out)] == [True, True]
 
 
 @pytest.mark.parametrize("task", ["counterfactual", "cross_modal"])

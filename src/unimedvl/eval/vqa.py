@@ -1,6 +1,7 @@
 """Held-out VQA accuracy per question type, against majority-class baselines.
 
-Question types: the template variants (`modality`, `finding`, `yesno`) and `open` for real QA pairs.
+Question types: the template variants (`modality` open or as a choice, `finding`, `yesno` about the
+record's own class or another one, `choice` between two classes) and `open` for real QA pairs.
 Answers are compared after normalisation (lower case, punctuation and articles removed, "yes."="yes").
 
 The held-out set is balanced by modality (at most `per_modality` questions per type and modality),
@@ -31,9 +32,12 @@ def normalise(text: str) -> str:
     return " ".join(w for w in text.split() if w not in {"a", "an", "the"})
 
 
+QUESTION_TYPES = {"modality": "modality", "modality-choice": "modality", "finding": "finding", "yesno": "yesno",
+                  "yesno-other": "yesno", "choice": "choice"}
+
+
 def question_type(sample: Sample) -> str:
-    variant = sample.provenance.get("variant", "")
-    return variant if variant in ("modality", "finding", "yesno") else "open"
+    return QUESTION_TYPES.get(sample.provenance.get("variant", ""), "open")
 
 
 def question_and_answer(sample: Sample) -> tuple[str, str] | None:

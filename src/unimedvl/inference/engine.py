@@ -174,7 +174,10 @@ class UniMedVL:
             self.model.prefill_vae_image(context, latent, self.special)
             out["vae_latent"] = latent
         if vit:
-            pixels = to_tensor(vit_rule(image))
+            resized = vit_rule(image)
+            patch = self.config.vit.patch_size
+            self._check_context(context, (resized.width // patch) * (resized.height // patch) + 2, "the image")
+            pixels = to_tensor(resized)
             out["vit_encoder_out"] = self.model.prefill_vit_image(context, pixels, self.special).encoder_out
         return out
 
