@@ -169,7 +169,7 @@ def main() -> None:
         Path(path).stem, Path(path).name, Path(path), bool(label),
         {"modality": "chest_xray", "label": "pneumonia" if label else "normal"})]
     _write(OUT / "cxr-pneumonia", items,
-           "# cxr-pneumonia: paediatric chest X-rays at 224 px, held out from UniMedVL-tiny v1\n\n"
+           "# cxr-pneumonia: paediatric chest X-rays at 224 px, held out from UniMedVL-tiny v1 and v2\n\n"
            f"{len(cxr)} real images ({len(normals)} normal, {len(pneumonias)} pneumonia) of the Kermany training "
            "split at 224 px whose 28 px copies are PneumoniaMNIST's val split, matched image to image; every other "
            "image of these patients is in the set too. Per image: a yes / no question with two unseen paraphrases and "
@@ -183,7 +183,7 @@ def main() -> None:
                                          {"modality": "ultrasound",
                                           "label": "malignant" if int(label) == 0 else "benign or normal"})]
     _write(OUT / "breast-ultrasound", items,
-           "# breast-ultrasound: BreastMNIST's val split (28 px), held out from UniMedVL-tiny v1\n\n"
+           "# breast-ultrasound: BreastMNIST's val split (28 px), held out from UniMedVL-tiny v1 and v2\n\n"
            f"{len(breast['val_images'])} real breast ultrasound images (label 0 malignant, 1 normal or benign; a "
            "normal breast counts as benign here). Per image: a yes / no question with two unseen paraphrases and a "
            "polarity-flipped twin, and a class-name question. Licence: CC BY 4.0 (MedMNIST v2, Yang et al. 2023; "
