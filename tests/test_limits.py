@@ -52,3 +52,47 @@ def test_the_cli_says_so_in_one_line(capsys, cxr_path: Path) -> None:  # noqa: A
     assert main(["ask", str(cxr_path), "-q", "hi", "--max-new-tokens", "1000000000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: max_new_tokens must be an integer in") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.ema_decay=2", "optim.ema_decay must be >= 0.0 and < 1.0"),
+    ("optim.lr=nan", "optim.lr must be a finite number"),
+    ("optim.lr=-1e-3", "optim.lr must be > 0.0"),
+    ("data.packs_per_step=0", "data.packs_per_step must be >= 1"),
+    ("total_steps=0", "total_steps must be >= 1"),
+    ("save_every=0", "save_every must be >= 1"),
+    ("seed=18446744073709551616", "seed must be"),
+    ("timestep_shift=inf", "timestep_shift must be a finite number"),
+    ("data.text_dropout=1.5", "data.text_dropout must be"),
+    ("total_steps.x=1", "'total_steps' is a value, not a section"),
+])
+def test_bad_recipe_values_are_named(override: str, message: str) -> None:
+    """Issue 13, items 9 and 10: these were accepted, or ended in a traceback."""
+    from unimedvl.errors import ConfigError
+    from unimedvl.train.config import TrainConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny-stage1-foundation.yaml"
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig.from_yaml(recipe, [override])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rope_theta", float("nan"), "rope_theta must be a positive finite number"),
+    ("rms_norm_eps", float("inf"), "rms_norm_eps must be a positive finite number"),
+    ("num_hidden_layers", 1_000_000, "exceeds the limit 256"),
+    ("hidden_size", True, "hidden_size must be a positive finite number"),
+])
+def test_model_configs_must_be_finite_and_sane(checkpoint_copy: Path, field: str, value: object, message: str) -> None:
+    from unimedvl.errors import ConfigError
+
+    config = json.loads((checkpoint_copy / "llm_config.json").read_text())
+    (checkpoint_copy / "llm_config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ConfigError, match=message):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_seeds_beyond_64_bits_are_refused(engine, cxr_path: Path, capsys) -> None:  # noqa: ANN001
+    with pytest.raises(InputError, match="seed must be an integer in"):
+        engine.generate("A chest X-ray.", seed=2**64 + 1, height=32, width=32)
+    assert main(["generate", "A chest X-ray.", "--seed", str(2**64)]) == 2
+    assert "seed must be an integer in" in capsys.readouterr().err

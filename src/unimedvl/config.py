@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,11 +39,21 @@ _HF_BOOKKEEPING = frozenset(
 )
 
 
+# A config beyond these sizes is a typo, not a model (the released 14B has 28 layers, hidden 3584).
+MAX_CONFIG_VALUE = {"num_hidden_layers": 256, "hidden_size": 65_536, "intermediate_size": 262_144,
+                    "num_attention_heads": 1_024, "num_key_value_heads": 1_024, "vocab_size": 4_000_000,
+                    "max_position_embeddings": 1_048_576}
+
+
 def _check_positive(obj: Any, *names: str) -> None:
+    """Positive, finite (NaN and infinity pass `> 0` tests or poison every output) and within sane sizes."""
     for name in names:
         value = getattr(obj, name)
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be positive, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be a positive finite number, got {value!r}")
+        limit = MAX_CONFIG_VALUE.get(name)
+        if limit is not None and value > limit:
+            raise ConfigError(f"{type(obj).__name__}.{name} = {value!r} exceeds the limit {limit:,}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -249,7 +249,10 @@ class UniMedVL:
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
             return None
-        return torch.Generator().manual_seed(int(seed))
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            # torch keeps 64 bits: larger seeds would collide silently with smaller ones
+            raise InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        return torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def ask(self, images: ImageLike | Sequence[ImageLike], question: str, *, think: bool = False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,24 @@ class ModelInit:
     vae: str | None = None  # ae.safetensors
     tokenizer: str | None = None  # folder with tokenizer.json (default: the checkpoint's)
     config_dir: str | None = None  # llm_config.json / vit_config.json (/ vae_config.json) for a preset-free build
+
+
+def _check_number(obj: Any, name: str, *, low: float | None = None, high: float | None = None,
+                  integer: bool = False, above: float | None = None, below: float | None = None) -> None:
+    """A recipe value: a finite number (an integer where asked) within its bounds, or one named error."""
+    value = getattr(obj, name)
+    where = f"{_SECTION.get(type(obj).__name__, '')}{name}"
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite {'integer' if integer else 'number'}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high) or (
+            above is not None and value <= above) or (below is not None and value >= below):
+        bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "",
+                  f"> {above}" if above is not None else "", f"< {below}" if below is not None else ""]
+        raise ConfigError(f"{where} must be {' and '.join(b for b in bounds if b)}, got {value!r}")
+
+
+_SECTION = {"DataConfig": "data.", "OptimConfig": "optim.", "TrainConfig": ""}
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,10 @@ class DataConfig:
     vae_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("tokens_per_pack", "max_tokens_per_sample", "packs_per_step"):
+            _check_number(self, name, low=1, integer=True)
+        for name in ("text_dropout", "vit_dropout", "vae_dropout"):
+            _check_number(self, name, low=0.0, high=1.0)
         object.__setattr__(self, "vae_sizes", tuple(self.vae_sizes))
         bad = [s for s in self.vae_sizes if isinstance(s, bool) or not isinstance(s, int)
                or not self.vae_min <= s <= self.vae_max]
@@ -110,6 +133,17 @@ class OptimConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
 
+    def __post_init__(self) -> None:
+        _check_number(self, "lr", above=0.0)
+        _check_number(self, "min_lr", low=0.0)
+        _check_number(self, "eps", above=0.0)
+        _check_number(self, "weight_decay", low=0.0)
+        _check_number(self, "warmup_steps", low=0, integer=True)
+        _check_number(self, "grad_clip", above=0.0)
+        _check_number(self, "ema_decay", low=0.0, below=1.0)
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -132,6 +166,14 @@ class TrainConfig:
     log_every: int = 1
     resume: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "save_every", "log_every"):
+            _check_number(self, name, low=1, integer=True)
+        _check_number(self, "seed", low=0, below=2**63, integer=True)
+        _check_number(self, "timestep_shift", above=0.0)
+        _check_number(self, "ce_weight", low=0.0)
+        _check_number(self, "mse_weight", low=0.0)
+
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
         from unimedvl.utils.files import read_yaml_mapping
@@ -146,6 +188,8 @@ class TrainConfig:
             parts = key.split(".")
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
             node[parts[-1]] = yaml.safe_load(value)
         return cls.from_dict(data, path.name)
 
