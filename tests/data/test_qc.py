@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,18 +101,22 @@ def test_review_page_stores_verdicts_and_reports_agreement(sample_corpus) -> Non
         assert ids[0] in page and "<img" in page
         image_name = page.split('<img src="/image/')[1].split('"')[0]
         assert urllib.request.urlopen(f"{base}/image/{image_name}").read()[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xdb")
+        token = page.split('name="token" value="')[1].split('"')[0]
         verdicts = {"dr_a": "aaarra", "dr_b": "aarrra", "dr_c": "aaarrr"}
         for reviewer, marks in verdicts.items():
             for sample_id, mark in zip(ids, marks):
-                form = urllib.parse.urlencode({"sample_id": sample_id, "reviewer": reviewer,
+                form = urllib.parse.urlencode({"sample_id": sample_id, "reviewer": reviewer, "token": token,
                                                "verdict": "accept" if mark == "a" else "reject",
                                                "comment": "looks fine" if mark == "a" else "answer does not fit"})
                 urllib.request.urlopen(f"{base}/review", data=form.encode())
+        before = sorted(p.name for p in (corpus / "qc/stage3").iterdir())
         report = json.loads(urllib.request.urlopen(f"{base}/report").read())
+        assert sorted(p.name for p in (corpus / "qc/stage3").iterdir()) == before  # GET never writes
     finally:
         server.shutdown()
         server.server_close()
     assert report["reviews"] == 18 and report["samples_reviewed"] == 6
+    agreement_report(corpus)  # `unimedvl data agreement` writes the report
     a, b = list(verdicts["dr_a"]), list(verdicts["dr_b"])
     assert report["cohen"]["dr_a vs dr_b"]["kappa"] == round(cohen_kappa(a, b), 4)
     assert report["fleiss"]["items"] == 6 and report["fleiss"]["raters_per_item"] == 3
@@ -131,3 +136,48 @@ def test_text_filters_and_near_duplicates() -> None:
     base = 0x1234_5678_9ABC_DEF0 << 192 | 0xFFFF
     hashes = [(0, base), (1, base ^ 0b111), (2, ~base & ((1 << 256) - 1)), (3, base ^ (1 << 200))]
     assert near_duplicate_pairs(hashes, 4) == [(0, 1), (0, 3), (1, 3)]
+
+
+def test_the_review_server_refuses_forged_rebinding_and_stalled_requests(sample_corpus) -> None:  # noqa: ANN001
+    """Issue 13, item 7: cross-site posts, DNS rebinding, a lying Content-Length, verdicts outside the set."""
+    import http.client
+    import socket
+
+    corpus, _ = sample_corpus
+    ids = [json.loads(x)["id"] for x in (corpus / "qc/stage3/review_sample.jsonl").read_text().splitlines()]
+    server = make_server(corpus, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    stored = len(ReviewStore(corpus / "qc/stage3/reviews.sqlite").all())
+
+    def request(method: str, path: str, body: str = "", headers: dict | None = None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        connection.request(method, path, body=body.encode(), headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    try:
+        page = request("GET", "/?reviewer=dr_a")[1].decode()
+        token = page.split('name="token" value="')[1].split('"')[0]
+        form = lambda **kw: urllib.parse.urlencode({"sample_id": ids[0], "reviewer": "dr_x", "verdict": "accept",  # noqa: E731
+                                                    "token": token, **kw})
+        kind = {"Content-Type": "application/x-www-form-urlencoded"}
+        assert request("GET", "/", headers={"Host": "evil.example:80"})[0] == 403  # DNS rebinding
+        assert request("POST", "/review", form(), {**kind, "Host": f"evil.example:{port}"})[0] == 403
+        assert request("POST", "/review", form(), {**kind, "Origin": "http://evil.example"})[0] == 403  # cross-site
+        assert request("POST", "/review", form(token=""), kind)[0] == 403  # no token: a forged form
+        assert request("POST", "/review", form(sample_id="not-in-the-set"), kind)[0] == 400
+        assert request("POST", "/review", form(), {**kind, "Content-Length": "abc"})[0] == 411
+        assert request("POST", "/review", form(), {**kind, "Content-Length": str(10**9)})[0] == 413
+        # A body shorter than its Content-Length: answered within the socket timeout, not a thread blocked forever.
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        raw.sendall(f"POST /review HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 500\r\n\r\nabc".encode())
+        started = time.monotonic()
+        reply = raw.recv(200)
+        raw.close()
+        assert reply.startswith(b"HTTP/1.0 408") and time.monotonic() - started < 25
+        assert len(ReviewStore(corpus / "qc/stage3/reviews.sqlite").all()) == stored  # nothing forged got in
+        assert request("POST", "/review", form(), kind)[0] == 303  # the page's own form still works
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -188,3 +188,41 @@ def test_resume_reads_safetensors_only_and_changes_world_size(tmp_path: Path, tr
     for x, y in zip(a, b):  # 1 process to step 2, then 2 processes: the curve of one uninterrupted process
         for key in ("loss", "ce", "mse", "grad_norm"):
             assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (key, x, y)
+
+
+def test_a_damaged_newest_checkpoint_and_a_torn_log_line_fall_back(tmp_path: Path, train_corpus: Path, capsys) -> None:  # noqa: ANN001
+    """Issue 13, item 8: a torn last line of losses.jsonl or a corrupt newest checkpoint used to stop the run."""
+    clean = write_recipe(tmp_path / "clean", train_corpus)
+    trainer = Trainer(TrainConfig.from_yaml(clean))
+    trainer.fit()
+    trainer.close()
+    damaged = write_recipe(tmp_path / "damaged", train_corpus, total_steps=4)
+    trainer = Trainer(TrainConfig.from_yaml(damaged))
+    trainer.fit()
+    trainer.close()
+    run = tmp_path / "damaged" / "run"
+    newest = run / "checkpoints" / "step_0000004"
+    for shard in newest.glob("*.safetensors"):
+        shard.write_bytes(shard.read_bytes()[:100])  # a disk error / a partial copy
+    with (run / "losses.jsonl").open("a") as handle:
+        handle.write('{"step": 5, "loss": 0.')  # a kill mid-line
+    config = TrainConfig.from_yaml(damaged, ["total_steps=6"])
+    trainer = Trainer(config)
+    trainer.fit()
+    trainer.close()
+    err = capsys.readouterr().err
+    assert "step_0000004 cannot be read" in err and "resumed from step_0000002" in err
+    a, b = _losses(tmp_path / "clean" / "run"), _losses(run)
+    assert [x["step"] for x in b] == list(range(1, 7))
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6, abs=1e-7)
+    for shard in (run / "checkpoints" / "step_0000002").glob("*.safetensors"):
+        shard.write_bytes(b"")
+    for shard in (run / "checkpoints" / "step_0000006").glob("*.safetensors"):
+        shard.write_bytes(b"")
+    for shard in (run / "checkpoints" / "step_0000004").glob("*.safetensors"):
+        shard.write_bytes(b"")
+    from unimedvl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checkpoints in .* can be read"):
+        Trainer(config).fit()

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from unimedvl.checkpoint.folder import save_checkpoint
+from unimedvl.errors import CheckpointError
 from unimedvl.train.config import TrainConfig
 from unimedvl.train.fsdp import install_unused_weight_anchors, shard
 from unimedvl.train.init import build_for_training
@@ -124,11 +125,34 @@ class Trainer:
         self._barrier()
         return path
 
-    def latest_checkpoint(self) -> Path | None:
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints (final name, `trainer.json` written last), oldest first."""
         folder = self.out / "checkpoints"
-        done = sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if not p.name.endswith(".tmp")
+        return sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if not p.name.endswith(".tmp")
                       and (p / "trainer.json").is_file()) if folder.is_dir() else []
+
+    def latest_checkpoint(self) -> Path | None:
+        done = self.checkpoints()
         return done[-1] if done else None
+
+    def resume(self) -> Path | None:
+        """Load the newest checkpoint that reads back; a damaged one is skipped, and the log says so."""
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+        found = self.checkpoints()
+        for path in reversed(found):
+            try:
+                self.load(path)
+            except (Exception, CheckpointException) as exc:  # noqa: BLE001 - damage fails in many ways; try the next
+                self._log(f"checkpoint {path.name} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "falling back to the previous one")
+                continue
+            self._log(f"resumed from {path.name} (step {self.step})")
+            return path
+        if found:
+            raise CheckpointError(f"none of the {len(found)} checkpoints in {self.out / 'checkpoints'} can be read; "
+                                  "move them away to start again, or set resume: false")
+        return None
 
     def load(self, path: Path) -> None:
         import torch.distributed.checkpoint as dcp
@@ -190,9 +214,8 @@ class Trainer:
     def fit(self) -> list[dict[str, float]]:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        if c.resume and (latest := self.latest_checkpoint()) is not None:
-            self.load(latest)
-            self._log(f"resumed from {latest.name} (step {self.step})")
+        if c.resume:
+            self.resume()
         log_path = self.out / "losses.jsonl"
         history = self._read_history(log_path)
         writer = self._tensorboard()
@@ -229,7 +252,15 @@ class Trainer:
         """Losses logged up to the resumed step (lines of steps past the checkpoint are dropped)."""
         if self.rank != 0 or not path.is_file():
             return []
-        kept = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        kept = []
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:  # a line torn by a kill: its step is logged again when retrained
+                self._log(f"{path.name}: line {number} is torn; dropped")
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                kept.append(record)
         kept = [h for h in kept if h["step"] <= self.step]
         atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in kept))
         return kept

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -115,7 +116,9 @@ def fleiss_kappa(counts: list[list[int]]) -> float:
     return 1.0 if p_e == 1.0 else (p_bar - p_e) / (1 - p_e)
 
 
-def agreement_report(corpus: Path) -> dict[str, Any]:
+def agreement_report(corpus: Path, *, write: bool = True) -> dict[str, Any]:
+    """Cohen's and Fleiss' kappa over the stored verdicts; written to report.md / report.json unless `write` is
+    false (the review server's GET /report only reads)."""
     out = stage3_dir(corpus)
     store = ReviewStore(out / "reviews.sqlite")
     rows = store.all()
@@ -144,8 +147,9 @@ def agreement_report(corpus: Path) -> dict[str, Any]:
         lines.append(f"- Fleiss' kappa: {f['kappa']} over {f['items']} samples with {f['raters_per_item']} raters each")
     if not rows:
         lines.append("- no reviews yet: run `unimedvl data review DIR` and have at least two clinicians review the sample")
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    if write:
+        atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -156,7 +160,12 @@ img{{max-height:220px;margin:4px;border:1px solid #999}} .meta{{color:#555;font-
 <form method="get"><label>Reviewer <input name="reviewer" value="{reviewer}" required></label> <button>Set</button></form>{body}</body></html>"""
 
 
-def _page(corpus: Path, reviewer: str) -> str:
+def _review_ids(corpus: Path) -> set[str]:
+    path = stage3_dir(corpus) / "review_sample.jsonl"
+    return {json.loads(x)["id"] for x in path.read_text().splitlines()} if path.is_file() else set()
+
+
+def _page(corpus: Path, reviewer: str, token: str = "") -> str:
     out = stage3_dir(corpus)
     path = out / "review_sample.jsonl"
     samples = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
@@ -175,17 +184,30 @@ def _page(corpus: Path, reviewer: str) -> str:
             f'{" (template-made text)" if s.get("template_made") else ""} - current: {html.escape(verdict or "not reviewed")}</div>'
             f'{"".join(parts)}<form method="post" action="/review"><input type="hidden" name="sample_id" value="{html.escape(s["id"])}">'
             f'<input type="hidden" name="reviewer" value="{html.escape(reviewer)}">'
+            f'<input type="hidden" name="token" value="{html.escape(token)}">'
             f'<input name="comment" size="60" placeholder="comment" value="{html.escape(comment)}"> '
             f'<button name="verdict" value="accept">Accept</button> <button name="verdict" value="reject">Reject</button></form></div>')
     return PAGE.format(n=len(samples), reviewer=html.escape(reviewer), body="".join(blocks) if reviewer else
                        "<p>Enter your name to start.</p>")
 
 
+MAX_FORM_BYTES = 1 << 16
+
+
 def make_server(corpus: Path, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    """The review page. Hardened for a machine holding patient images: only requests addressed to this host
+    (a `Host` check, against DNS rebinding), verdicts only with the page's per-server token and from its own
+    origin (no cross-site form posts), only for samples in the review set, a bounded body read with a
+    timeout (a lying `Content-Length` cannot block a thread), and GET requests never write."""
     corpus = Path(corpus)
     store = ReviewStore(stage3_dir(corpus) / "reviews.sqlite")
+    review_ids = _review_ids(corpus)
+    token = secrets.token_urlsafe(24)
+    allowed_hosts: set[str] = set()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # seconds a client may take to send its request (socket timeout)
+
         def log_message(self, *args: Any) -> None:  # keep the console quiet; nothing identifying is logged anyway
             return
 
@@ -193,10 +215,20 @@ def make_server(corpus: Path, host: str = "127.0.0.1", port: int = 8765) -> Thre
             self.send_response(code)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Frame-Options", "DENY")
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
             self.wfile.write(body)
 
+        def _host_ok(self) -> bool:
+            if (self.headers.get("Host") or "").lower() in allowed_hosts:
+                return True
+            self._send(403, b"forbidden: this server answers only requests addressed to it", "text/plain")
+            return False
+
         def do_GET(self) -> None:  # noqa: N802
+            if not self._host_ok():
+                return
             url = urllib.parse.urlparse(self.path)
             if url.path.startswith("/image/"):
                 name = Path(urllib.parse.unquote(url.path[len("/image/"):])).name
@@ -206,14 +238,34 @@ def make_server(corpus: Path, host: str = "127.0.0.1", port: int = 8765) -> Thre
                 kinds = {".png": "image/png", ".jpeg": "image/jpeg", ".jpg": "image/jpeg"}
                 return self._send(200, file.read_bytes(), kinds.get(file.suffix, "application/octet-stream"))
             if url.path == "/report":
-                return self._send(200, json.dumps(agreement_report(corpus)).encode(), "application/json")
+                return self._send(200, json.dumps(agreement_report(corpus, write=False)).encode(), "application/json")
             reviewer = urllib.parse.parse_qs(url.query).get("reviewer", [""])[0]
-            return self._send(200, _page(corpus, reviewer).encode())
+            return self._send(200, _page(corpus, reviewer, token).encode())
 
         def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length", "0") or 0)
-            form = urllib.parse.parse_qs(self.rfile.read(min(length, 1 << 16)).decode())
+            if not self._host_ok():
+                return
+            origin = self.headers.get("Origin")
+            if origin is not None and urllib.parse.urlparse(origin).netloc.lower() not in allowed_hosts:
+                return self._send(403, b"forbidden: cross-site form post", "text/plain")
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                return self._send(411, b"a Content-Length is required", "text/plain")
+            if not 0 <= length <= MAX_FORM_BYTES:
+                return self._send(413, b"form too large", "text/plain")
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                return self._send(408, b"the request body did not arrive", "text/plain")
+            if len(body) < length:
+                return self._send(400, b"the request body is shorter than its Content-Length", "text/plain")
+            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
             get = lambda k: form.get(k, [""])[0]  # noqa: E731
+            if not secrets.compare_digest(get("token"), token):
+                return self._send(403, b"forbidden: the form token is missing or wrong (reload the page)", "text/plain")
+            if get("sample_id") not in review_ids:
+                return self._send(400, b"that sample is not in the review set", "text/plain")
             try:
                 store.record(get("sample_id"), get("reviewer"), get("verdict"), get("comment"))
             except ValueError as exc:
@@ -222,4 +274,8 @@ def make_server(corpus: Path, host: str = "127.0.0.1", port: int = 8765) -> Thre
             self.send_header("Location", "/?reviewer=" + urllib.parse.quote(get("reviewer")))
             self.end_headers()
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    bound = server.server_address[1]
+    names = {host, "127.0.0.1", "localhost", "[::1]"} if host in ("127.0.0.1", "localhost", "::1") else {host}
+    allowed_hosts.update(f"{name}:{bound}".lower() for name in names)
+    return server
