@@ -96,3 +96,20 @@ def test_seeds_beyond_64_bits_are_refused(engine, cxr_path: Path, capsys) -> Non
         engine.generate("A chest X-ray.", seed=2**64 + 1, height=32, width=32)
     assert main(["generate", "A chest X-ray.", "--seed", str(2**64)]) == 2
     assert "seed must be an integer in" in capsys.readouterr().err
+
+
+def test_non_finite_weights_are_named_in_the_load_report(checkpoint_copy: Path) -> None:
+    """Issue 13, item 9: NaN / inf weights loaded and answered "!!!!"."""
+    from safetensors.torch import load_file, save_file
+
+    from unimedvl.errors import CheckpointError
+
+    weights = load_file(str(checkpoint_copy / "ema.safetensors"))
+    key = sorted(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)[0]
+    weights[key] = weights[key].clone()
+    weights[key].view(-1)[0] = float("nan")
+    save_file(weights, str(checkpoint_copy / "ema.safetensors"))
+    with pytest.raises(CheckpointError, match=f"1 holding NaN or infinity: {key.replace('.', '[.]')}"):
+        load_checkpoint(checkpoint_copy)
+    loaded = load_checkpoint(checkpoint_copy, strict=False)  # a non-strict load says so and goes on
+    assert loaded.reports[0].non_finite == [key] and not loaded.reports[0].ok

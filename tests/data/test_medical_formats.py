@@ -83,3 +83,38 @@ def test_ct_window_presets() -> None:
     soft = window(hu, *CT_WINDOWS["soft_tissue"])  # centre 40, width 400
     assert lung[0, 0] == 0 and lung[0, 1] == 128 and lung[0, 4] == 255
     assert soft[0, 1] == 0 and soft[0, 3] == 128 and soft[0, 5] == 255
+
+
+def test_a_missing_dicom_folder_named_after_a_patient_stays_out_of_reports_and_logs(tmp_path: Path, capsys) -> None:
+    """Issue 13, item 6: the missing path (a name and an MRN) was written into qc/stage1.*."""
+    _make_dicoms(tmp_path / "dicom")
+    config = write_config(tmp_path, [
+        {"name": "dicom-set", "adapter": "dicom", "path": "dicom", "licence": "test", "tasks": ["vqa"]},
+        {"name": "lost", "adapter": "dicom", "path": "Doe^Johnathan_MRN4417730", "licence": "test", "tasks": ["vqa"]}],
+        splits={"train": 1.0})
+    out = tmp_path / "out"
+    build_corpus(BuildConfig.from_yaml(config), out, log=print)
+    assert "source folder or file not found" in (out / "qc/stage1.md").read_text()
+    written = _all_output_text(out) + capsys.readouterr().err.encode() + capsys.readouterr().out.encode()
+    for identifier in ("Johnathan", "4417730"):
+        assert identifier.encode() not in written, identifier
+
+
+def test_the_pseudonym_salt_never_lives_in_the_corpus_folder(tmp_path: Path, monkeypatch) -> None:
+    """Issue 13, item 6: the salt was stored in OUT/work/deid_salt."""
+    import os
+
+    monkeypatch.setenv("UNIMEDVL_SECRETS_DIR", str(tmp_path / "secrets"))
+    _make_dicoms(tmp_path / "dicom")
+    sources = [{"name": "dicom-set", "adapter": "dicom", "path": "dicom", "licence": "test", "tasks": ["vqa"]}]
+    config = write_config(tmp_path, sources, splits={"train": 1.0})
+    text = config.read_text().replace("deid_salt: test-salt\n", "")
+    config.write_text(text)
+    out = tmp_path / "out"
+    build_corpus(BuildConfig.from_yaml(config), out, log=lambda m: None)
+    secret = (tmp_path / "secrets" / "deid_salt").read_text().strip()
+    assert len(secret) == 32 and oct(os.stat(tmp_path / "secrets" / "deid_salt").st_mode)[-3:] == "600"
+    assert not any(secret.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    groups = {s.group for s in iter_samples(out)}
+    build_corpus(BuildConfig.from_yaml(config), tmp_path / "again", log=lambda m: None)
+    assert {s.group for s in iter_samples(tmp_path / "again")} == groups  # the same secret: the same pseudonyms

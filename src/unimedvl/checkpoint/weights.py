@@ -92,11 +92,12 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     recomputed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    non_finite: list[str] = field(default_factory=list)  # tensors holding NaN or infinity
     loaded: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.non_finite)
 
     def format(self, limit: int = 8) -> str:
         def listing(keys: list[str]) -> str:
@@ -119,6 +120,8 @@ class LoadReport:
             parts.append(f"{len(self.kept)} kept as initialised: {listing(self.kept)}")
         if self.recomputed:
             parts.append(f"recomputed: {', '.join(self.recomputed)}")
+        if self.non_finite:
+            parts.append(f"{len(self.non_finite)} holding NaN or infinity: {listing(self.non_finite)}")
         return "; ".join(parts)
 
 
@@ -244,9 +247,13 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
             file_key = plan[key]
             tensor = tensors[key] if key in tensors else opened[file_key].get_tensor(file_key)  # type: ignore[attr-defined]
             if tensor.is_floating_point():
+                if not bool(torch.isfinite(tensor).all()):  # a NaN weight answers "!!!!" to every question
+                    report.non_finite.append(key)
                 tensor = tensor.to(device=device, dtype=dtype)
             _set_tensor(module, key, tensor.to(device))
             report.loaded += 1
+    if strict and report.non_finite:
+        raise CheckpointError(f"checkpoint holds non-finite weights: {report.format()}")
     state = module.state_dict(keep_vars=True)
     for key in report.recomputed:
         _set_tensor(module, key, torch.zeros(expected[key], dtype=dtype, device=device))

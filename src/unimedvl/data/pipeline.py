@@ -185,7 +185,10 @@ def plan_chunks(config: BuildConfig, work_dir: Path, log: Callable[[str], None],
             source = replace(source, options={**source.options, "deid_salt": salt})
         try:
             if not source.path.exists():
-                raise RecordError(f"source folder or file not found: {source.path}")
+                # DICOM / NIfTI folders are often named after patients: their paths never reach a report or log.
+                where = ("(path withheld: DICOM / NIfTI paths may hold identifiers)"
+                         if source.adapter in ("dicom", "nifti") else str(source.path))
+                raise RecordError(f"source folder or file not found: {where}")
             refs = build_adapter(source).refs()
             if source.limit is not None:
                 refs = refs[: source.limit]
@@ -320,13 +323,31 @@ def _swap_in(new_data: Path, out: Path) -> None:
 
 
 # ------------------------------------------------------------------ driver
+def secrets_dir() -> Path:
+    """Where the per-user de-identification salt lives: `$UNIMEDVL_SECRETS_DIR`, else ~/.config/unimedvl."""
+    return Path(os.environ.get("UNIMEDVL_SECRETS_DIR") or Path.home() / ".config" / "unimedvl")
+
+
 def _salt(config: BuildConfig, work: Path) -> str:
+    """The key of the DICOM / NIfTI pseudonyms. Never stored in the corpus folder (with it, MRN-style IDs could
+    be recovered by hashing guesses): the config's `deid_salt`, or a secret made once per user, kept in
+    `secrets_dir()` with owner-only permissions."""
     if config.deid_salt:
         return str(config.deid_salt)
-    path = work / "deid_salt"
-    if not path.is_file():  # a secret per corpus: pseudonyms cannot be reversed by hashing guessed IDs
-        atomic_write_text(path, secrets.token_hex(16))
-    return path.read_text().strip()
+    legacy = work / "deid_salt"  # written by earlier versions inside the corpus: moved out, then removed
+    path = secrets_dir() / "deid_salt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        value = legacy.read_text().strip() if legacy.is_file() else secrets.token_hex(16)
+        atomic_write_text(path, value)
+        os.chmod(path, 0o600)
+    salt = path.read_text().strip()
+    if legacy.is_file():
+        if legacy.read_text().strip() != salt:
+            raise ConfigError(f"{work} holds the pseudonym salt of an earlier version, different from yours in "
+                              f"{path}: set `deid_salt` in the build config to that value to resume this corpus")
+        legacy.unlink()
+    return salt
 
 
 def build_corpus(config: BuildConfig, out: str | Path, *, workers: int | None = None,
