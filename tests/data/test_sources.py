@@ -216,3 +216,19 @@ def test_a_source_wide_label_gives_paired_and_mask_sets_captions_and_prompts(tmp
     assert tasks["stain"] == {"caption", "text_to_image", "virtual_staining"}
     assert tasks["seg"] == {"caption", "text_to_image", "segmentation"}
     assert tasks["plain"] == {"segmentation"}  # without a label there is nothing to caption
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"name: x\nchunk_size: 0\nsources: [a.yaml]\n", "chunk_size must be an integer >= 1"),
+    (b"name: x\nsources: 5\n", "sources must be a list"),
+    (b"name: x\nsources: [5]\n", "each source is a file name or a mapping"),
+    (b"name: x\nshard_rows: many\nsources: [a.yaml]\n", "shard_rows must be an integer"),
+    (b"name: x\nsplits: [0.5]\nsources: [a.yaml]\n", "splits must map"),
+    (b"name: \xff\xfe\nsources: [a.yaml]\n", "is not valid YAML"),
+])
+def test_bad_build_configs_get_one_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
+    """Issue 13, item 10: these ended in tracebacks."""
+    path = tmp_path / "build.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        BuildConfig.from_yaml(path)

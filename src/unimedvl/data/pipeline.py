@@ -71,8 +71,21 @@ class BuildConfig:
             raise ConfigError(f"{path.name}: unknown key(s) {', '.join(unknown)}")
         if not data.get("sources"):
             raise ConfigError(f"{path.name}: no sources listed")
+        if not isinstance(data["sources"], list):
+            raise ConfigError(f"{path.name}: sources must be a list of source files or inline sources, "
+                              f"got {type(data['sources']).__name__}")
+        for key, low in (("chunk_size", 1), ("shard_rows", 1), ("workers", 0), ("seed", 0)):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"{path.name}: {key} must be an integer >= {low}, got {value!r}")
+        splits_given = data.get("splits")
+        if splits_given is not None and (not isinstance(splits_given, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in splits_given.values())):
+            raise ConfigError(f"{path.name}: splits must map train / val / test to fractions, got {splits_given!r}")
         sources = []
         for entry in data["sources"]:
+            if not isinstance(entry, (str, dict)):
+                raise ConfigError(f"{path.name}: each source is a file name or a mapping, got {entry!r}")
             if isinstance(entry, str):
                 sources.append(SourceConfig.from_yaml((path.parent / entry).resolve()))
             else:
