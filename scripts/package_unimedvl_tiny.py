@@ -14,10 +14,10 @@ import json
 import shutil
 from pathlib import Path
 
+from unimedvl.train.curriculum import MODEL_FILES as FILES  # what a curriculum's OUT/model holds
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "src" / "unimedvl" / "assets" / "unimedvl-tiny"
-FILES = ("ema.safetensors", "ae.safetensors", "llm_config.json", "vit_config.json", "vae_config.json",
-         "tokenizer.json", "image_config.json", "capabilities.json")
 
 
 def main() -> None:

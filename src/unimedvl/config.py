@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from unimedvl.errors import ConfigError
+from unimedvl.utils.numbers import is_finite_number
 
 # Keys that Hugging Face writes into config files and that do not change the computation we do.
 _HF_BOOKKEEPING = frozenset(
@@ -49,7 +49,7 @@ def _check_positive(obj: Any, *names: str) -> None:
     """Positive, finite (NaN and infinity pass `> 0` tests or poison every output) and within sane sizes."""
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not is_finite_number(value) or value <= 0:
             raise ConfigError(f"{type(obj).__name__}.{name} must be a positive finite number, got {value!r}")
         limit = MAX_CONFIG_VALUE.get(name)
         if limit is not None and value > limit:
@@ -330,8 +330,7 @@ class ImageConfig:
         if isinstance(self.default_size, bool) or not isinstance(self.default_size, int) or self.default_size < 1:
             raise ConfigError(f"ImageConfig.default_size must be a positive integer, got {self.default_size!r}")
         sizes = self.generation_sizes
-        if not isinstance(sizes, (tuple, list)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                                         for v in sizes):
+        if not isinstance(sizes, (tuple, list)) or any(not is_finite_number(v, integer=True) or v < 1 for v in sizes):
             raise ConfigError(f"ImageConfig.generation_sizes must be positive integers, got {sizes!r}")
         object.__setattr__(self, "generation_sizes", tuple(sorted(set(sizes))))
 

@@ -7,11 +7,12 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from data_helpers import SAMPLE_DATA, write_config
+from http_helpers import reply_json, serving
 
 from unimedvl.data.pipeline import BuildConfig, build_corpus
 from unimedvl.data.qc.coarse import CoarseLimits, check_text, near_duplicate_pairs
@@ -31,24 +32,14 @@ class FakeJudge(BaseHTTPRequestHandler):
         FakeJudge.requests.append(body)
         text = body["messages"][1]["content"]
         score = 5 if "pneumonia" in text.lower() else 2
-        reply = {"choices": [{"message": {"content": f'Sure. {{"score": {score}, "reason": "rubric"}}'}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, {"choices": [{"message": {"content": f'Sure. {{"score": {score}, "reason": "rubric"}}'}}]})
 
 
 @pytest.fixture()
 def judge_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     FakeJudge.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(FakeJudge) as url:
+        yield f"{url}/v1"
 
 
 def test_llm_judge_scores_thresholds_and_caches(tmp_path: Path, judge_url: str) -> None:

@@ -39,6 +39,7 @@ from unimedvl.data.storage import ShardWriter, candidate_schema, write_parquet_a
 from unimedvl.data.tasks import BuildContext, build_samples
 from unimedvl.errors import ConfigError
 from unimedvl.utils.files import atomic_write_text, read_yaml_mapping
+from unimedvl.utils.numbers import is_finite_number
 
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -76,11 +77,11 @@ class BuildConfig:
                               f"got {type(data['sources']).__name__}")
         for key, low in (("chunk_size", 1), ("shard_rows", 1), ("workers", 0), ("seed", 0)):
             value = data.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            if value is not None and (not is_finite_number(value, integer=True) or value < low):
                 raise ConfigError(f"{path.name}: {key} must be an integer >= {low}, got {value!r}")
         splits_given = data.get("splits")
         if splits_given is not None and (not isinstance(splits_given, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in splits_given.values())):
+                is_finite_number(v) and 0 <= v <= 1 for v in splits_given.values())):
             raise ConfigError(f"{path.name}: splits must map train / val / test to fractions, got {splits_given!r}")
         sources = []
         for entry in data["sources"]:

@@ -28,6 +28,7 @@ from unimedvl.data.storage import iter_samples
 from unimedvl.errors import InputError
 from unimedvl.eval.metrics.image import psnr, ssim
 from unimedvl.imaging.pixels import load_image
+from unimedvl.imaging.resize import resize_by
 from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.utils.files import atomic_write_text
 
@@ -58,11 +59,6 @@ def held_out_pairs(corpus: Path, task: str, splits: tuple[str, ...] = ("val", "t
     return rows
 
 
-def _sized(image: Image.Image, scale: float, stride: int) -> Image.Image:
-    size = tuple(max(stride, round(side * scale / stride) * stride) for side in image.size)
-    return image if size == image.size else image.resize(size, Image.BICUBIC)
-
-
 def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolution", size: int | None = None,  # noqa: ANN001
                    steps: int = 20, per_modality: int | None = 20, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> dict:
@@ -76,8 +72,8 @@ def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolu
     (out / "images").mkdir(parents=True, exist_ok=True)
     for index, (sample, source, text, target) in enumerate(pairs):
         scale = side / max(target.size)
-        target_sized = _sized(target, scale, stride)
-        fed = _sized(source, scale, stride)
+        target_sized = resize_by(target, scale, stride)
+        fed = resize_by(source, scale, stride)  # as the trainer feeds it (train/packer.py)
         edited = engine.edit(fed, text, guidance=guidance, seed=seed, height=target_sized.height,
                              width=target_sized.width)
         reference = fed.resize(target_sized.size, Image.BICUBIC)  # bicubic up-sampling / the identity

@@ -48,6 +48,19 @@ class ResizeRule:
         return image if size == image.size else image.resize(size, Image.BICUBIC)
 
 
+def scaled_to_stride(size: tuple[int, int], scale: float, stride: int) -> tuple[int, int]:
+    """Both sides times `scale`, each rounded to a multiple of `stride` (at least one stride).
+
+    How a training sample's VAE images keep their relative sizes, and how an edit is sized to a trained side."""
+    return tuple(max(stride, round(side * scale / stride) * stride) for side in size)  # type: ignore[return-value]
+
+
+def resize_by(image: Image.Image, scale: float, stride: int) -> Image.Image:
+    """`image` resized by :func:`scaled_to_stride` (bicubic; the same object when the size does not change)."""
+    size = scaled_to_stride(image.size, scale, stride)
+    return image if size == image.size else image.resize(size, Image.BICUBIC)
+
+
 # The rules the reference scripts use (reference-architecture.md §3.1).
 UNIMEDVL_VAE = ResizeRule(1024, 32, 16)  # generator VAE transform
 UNIMEDVL_GEN_VIT = ResizeRule(980, 387, 14)  # generator ViT transform

@@ -62,7 +62,7 @@ def parse_line(raw: bytes, base_dir: Path) -> tuple[dict[str, object], list[str]
     return echo, [str(base_dir / p) if not Path(p).is_absolute() else p for p in paths], question
 
 
-def answer_lines(model: UniMedVL, lines: list[bytes] | list[str], *, base_dir: Path, options: TextOptions,
+def answer_lines(model: UniMedVL, lines: list[bytes], *, base_dir: Path, options: TextOptions,
                  think: bool = False, seed: int | None = None, skip: set[int] | None = None
                  ) -> Iterator[dict[str, object]]:
     """One record per non-blank line, in order: `line`, the line's `id` if any, then `answer` or `error`.
@@ -70,8 +70,7 @@ def answer_lines(model: UniMedVL, lines: list[bytes] | list[str], *, base_dir: P
     Relative image paths are read from `base_dir` (the batch file's folder); lines numbered in `skip`
     are not answered again.
     """
-    for number, line in enumerate(lines, start=1):
-        raw = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip() or (skip and number in skip):
             continue
         record: dict[str, object] = {"line": number}

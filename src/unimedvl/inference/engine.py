@@ -16,7 +16,6 @@ Contexts follow the reference inferencer exactly (reference-architecture.md §3)
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -30,11 +29,12 @@ from unimedvl.checkpoint.folder import LoadedCheckpoint, load_checkpoint
 from unimedvl.config import ImageConfig, UnifiedConfig
 from unimedvl.errors import InputError
 from unimedvl.imaging.pixels import ImageLike, load_image, to_tensor, to_uint8
-from unimedvl.imaging.resize import ResizeRule
+from unimedvl.imaging.resize import ResizeRule, scaled_to_stride
 from unimedvl.model.kv_cache import KVCache
 from unimedvl.model.packing import unpatchify
 from unimedvl.model.sampling import Branch, GuidanceOptions, StepRecord, sample_flow
 from unimedvl.text.prompts import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
+from unimedvl.utils.numbers import is_finite_number
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 ProgressFn = Callable[[int, int], None]
@@ -71,12 +71,11 @@ class TextOptions:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or not (
-                1 <= self.max_new_tokens <= MAX_NEW_TOKENS):
+        if not is_finite_number(self.max_new_tokens, integer=True) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise InputError(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens!r}")
         for name in ("temperature", "top_p"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise InputError(f"{name} must be a finite number, got {value!r}")
         if self.do_sample and not self.temperature > 0:
             raise InputError(f"temperature must be > 0 when sampling, got {self.temperature}")
@@ -249,7 +248,7 @@ class UniMedVL:
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
             return None
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        if not is_finite_number(seed, integer=True) or not 0 <= seed < 2**63:
             # torch keeps 64 bits: larger seeds would collide silently with smaller ones
             raise InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         return torch.Generator().manual_seed(seed)
@@ -467,8 +466,7 @@ class UniMedVL:
         if not sizes or max(h, w) in sizes:
             return h, w
         side = min(sizes, key=lambda s: (abs(s - max(h, w)), -s))
-        ds = self.config.latent_downsample
-        return tuple(max(ds, round(v * side / max(h, w) / ds) * ds) for v in (h, w))  # type: ignore[return-value]
+        return scaled_to_stride((h, w), side / max(h, w), self.config.latent_downsample)
 
     def ask_many(self, requests: Iterable[tuple[Sequence[ImageLike], str]], **options: object) -> Iterable[Answer]:
         """Answer several (images, question) pairs with the one loaded model."""

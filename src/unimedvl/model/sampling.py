@@ -16,13 +16,13 @@ rule; with text scale <= 1 the image scale does nothing):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, TypeVar
 
 import torch
 
 from unimedvl.errors import InputError
+from unimedvl.utils.numbers import is_finite_number
 
 RenormType = Literal["global", "channel", "text_channel"]
 Branch = Literal["cond", "text_uncond", "image_uncond"]
@@ -44,14 +44,13 @@ class GuidanceOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interval", tuple(float(v) for v in self.interval))
-        if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int) or not (
-                2 <= self.num_timesteps <= MAX_TIMESTEPS):
+        if not is_finite_number(self.num_timesteps, integer=True) or not 2 <= self.num_timesteps <= MAX_TIMESTEPS:
             raise InputError(f"num_timesteps must be an integer in [2, {MAX_TIMESTEPS}], got {self.num_timesteps!r}")
         for name in ("timestep_shift", "text_scale", "image_scale", "renorm_min"):  # inf / nan give black images
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise InputError(f"{name} must be a finite number, got {value!r}")
-        if not all(math.isfinite(v) for v in self.interval):
+        if not all(is_finite_number(v) for v in self.interval):
             raise InputError(f"guidance interval must hold finite numbers, got {self.interval}")
         if not self.timestep_shift > 0:
             raise InputError(f"timestep_shift must be positive, got {self.timestep_shift}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +11,7 @@ import yaml
 
 from unimedvl.config import ImageConfig
 from unimedvl.errors import ConfigError
+from unimedvl.utils.numbers import is_finite_number
 
 FAMILIES = ("understanding", "generation", "interleaved")
 
@@ -34,8 +34,7 @@ def _check_number(obj: Any, name: str, *, low: float | None = None, high: float 
     """A recipe value: a finite number (an integer where asked) within its bounds, or one named error."""
     value = getattr(obj, name)
     where = f"{_SECTION.get(type(obj).__name__, '')}{name}"
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+    if not is_finite_number(value, integer=integer):
         raise ConfigError(f"{where} must be a finite {'integer' if integer else 'number'}, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high) or (
             above is not None and value <= above) or (below is not None and value >= below):
@@ -83,8 +82,7 @@ class DataConfig:
         for name in ("text_dropout", "vit_dropout", "vae_dropout"):
             _check_number(self, name, low=0.0, high=1.0)
         object.__setattr__(self, "vae_sizes", tuple(self.vae_sizes))
-        bad = [s for s in self.vae_sizes if isinstance(s, bool) or not isinstance(s, int)
-               or not self.vae_min <= s <= self.vae_max]
+        bad = [s for s in self.vae_sizes if not is_finite_number(s, integer=True) or not self.vae_min <= s <= self.vae_max]
         if bad:
             raise ConfigError(f"data.vae_sizes must be integers between vae_min ({self.vae_min}) and vae_max "
                               f"({self.vae_max}), got {list(self.vae_sizes)}")

@@ -26,7 +26,7 @@ from unimedvl.data.storage import iter_samples
 from unimedvl.errors import ConfigError
 from unimedvl.imaging.augment import augment_for_reading
 from unimedvl.imaging.pixels import load_image, to_tensor
-from unimedvl.imaging.resize import ResizeRule
+from unimedvl.imaging.resize import ResizeRule, resize_by
 from unimedvl.model.packing import LatentSegment, PackBuilder, PackedBatch, Segment, TextSegment, VitSegment
 from unimedvl.text.tokenizer import TextTokenizer
 from unimedvl.train.config import FAMILIES, DataConfig
@@ -116,18 +116,12 @@ def plan_sample(sample: Sample, tokenizer: TextTokenizer, sizes: ImageConfig, mo
                 segment: Segment = VitSegment(to_tensor(resized), _grid(resized, model.vit.patch_size))
                 dropped = drops and rng.random() < stage.vit_dropout  # type: ignore[union-attr]
             else:
-                resized = vae_rule(image) if scale is None else _scaled(image, scale, model.latent_downsample)
+                resized = vae_rule(image) if scale is None else resize_by(image, scale, model.latent_downsample)
                 segment = LatentSegment(_grid(resized, model.latent_downsample), noisy=item.loss,
                                         pixels=to_tensor(resized))
                 dropped = drops and not item.loss and rng.random() < stage.vae_dropout  # type: ignore[union-attr]
             out.append(None if dropped else segment)
     return out
-
-
-def _scaled(image: Image.Image, scale: float, stride: int) -> Image.Image:
-    """`image` resized by `scale`, each side rounded to the latent stride (at least one cell)."""
-    size = tuple(max(stride, round(side * scale / stride) * stride) for side in image.size)
-    return image if size == image.size else image.resize(size, Image.BICUBIC)
 
 
 def _grid(image: Image.Image, cell: int) -> tuple[int, int]:
@@ -152,7 +146,8 @@ class PackMaker:
         self.families, self.weights = index.families(config.mix)
         self.sources = {f: index.source_weights(f, config.balance_for(f)) for f in self.families}
         self.labels: dict[str, dict[str, dict[str, list[Sample]]]] = {
-            f: {name: _by_label(rows) for name, rows in index.by_source[f].items()} for f in self.families}
+            f: {name: _by_label(rows) for name, rows in index.by_source[f].items()} for f in self.families
+        } if config.label_balance else {}
 
     def make(self, step: int, pack_index: int) -> PackedBatch:
         rng = random.Random(f"{self.seed}/{step}/{pack_index}")

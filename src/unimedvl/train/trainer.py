@@ -131,10 +131,6 @@ class Trainer:
         return sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if not p.name.endswith(".tmp")
                       and (p / "trainer.json").is_file()) if folder.is_dir() else []
 
-    def latest_checkpoint(self) -> Path | None:
-        done = self.checkpoints()
-        return done[-1] if done else None
-
     def resume(self) -> Path | None:
         """Load the newest checkpoint that reads back; a damaged one is skipped, and the log says so."""
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
