@@ -1,6 +1,11 @@
-"""Build the bundled evaluation sets (src/unimedvl/assets/eval_sets/) from the shared data folder.
+"""Build the bundled evaluation sets (src/unimedvl/assets/eval_sets/).
 
-    .venv/bin/python scripts/build_eval_sets.py --shared ../shared/data [--judge CORPUS]
+    .venv/bin/python scripts/build_eval_sets.py --kermany DIR [--judge CORPUS]
+
+MedMNIST and the MSD slices are read from the package's own redistributed copies
+(src/unimedvl/assets/sample_data); DIR is the one input the package does not hold: the Kermany training
+split at 224 px (cxr-pneumonia-kermany-224-train, 43 MB, CC BY 4.0), whose matched images the bundled
+cxr-pneumonia set keeps.
 
 Only redistributable sets (CC BY 4.0, CC BY-SA 4.0) are used, and only images no shipped model
 was trained on:
@@ -31,6 +36,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "unimedvl" / "assets" / "eval_sets"
+BUNDLED = REPO / "src" / "unimedvl" / "assets" / "sample_data"  # the redistributed copies, with their licence files
 # The v1 corpus' held-out MSD / NIH slices (val or test split of recipes/unimedvl-tiny/corpus.yaml, seed 0).
 MSD_HELD_OUT = {"brain_mri_msd_0.png": "mri", "mr_msd_2.png": "mri", "ct_abdomen_msd_4.png": "ct"}
 MODALITY_ANSWER = {"chest_xray": "X-ray", "ultrasound": "Ultrasound", "mri": "MRI", "ct": "CT"}
@@ -45,11 +51,11 @@ def patient(name: str) -> str:
     return name.split("_")[0] if name.startswith("person") else "-".join(name.split("-")[:2])
 
 
-def match_pneumonia_val(shared: Path) -> list[tuple[str, int]]:
+def match_pneumonia_val(kermany: Path) -> list[tuple[str, int]]:
     """(224 px file, label) for the PneumoniaMNIST val images whose original is found with confidence."""
-    data = np.load(shared / "medmnist" / "pneumoniamnist_no_test.npz")
+    data = np.load(BUNDLED / "medmnist" / "pneumoniamnist_no_test.npz")
     val, labels = data["val_images"], data["val_labels"].reshape(-1)
-    files = sorted(glob.glob(str(shared / "cxr-pneumonia-kermany-224-train" / "*" / "*.jpeg")))
+    files = sorted(glob.glob(str(kermany / "*" / "*.jpeg")))
     images = [Image.open(f).convert("L") for f in files]
     v = _norm(val)
     best = np.full((len(val), len(files)), -1.0)
@@ -148,20 +154,18 @@ def train_judge(corpus: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, required=True,
-                        help="the shared data folder (cxr-pneumonia-kermany-224-train, medmnist, msd-nih-slices)")
+    parser.add_argument("--kermany", type=Path, required=True,
+                        help="the Kermany training split at 224 px (e.g. ../shared/data/cxr-pneumonia-kermany-224-train)")
     parser.add_argument("--judge", type=Path, default=None,
                         help="also train the judge / proxy feature extractor on this built corpus (the v1 corpus: "
                              "`unimedvl data build recipes/unimedvl-tiny/corpus.yaml`) into assets/judge/")
     args = parser.parse_args()
     if args.judge is not None:
         train_judge(args.judge)
-    shared = args.shared
-    cxr_licence = shared / "cxr-pneumonia-kermany-224-train" / "LICENSE.md"
-    bundled = REPO / "src" / "unimedvl" / "assets" / "sample_data"  # licence files kept with the redistributed copies
-    mnist_licence = bundled / "medmnist" / "LICENSE.md"
+    cxr_licence = args.kermany / "LICENSE.md"
+    mnist_licence = BUNDLED / "medmnist" / "LICENSE.md"
 
-    matched = match_pneumonia_val(shared)
+    matched = match_pneumonia_val(args.kermany)
     normals = [m for m in matched if m[1] == 0]
     pneumonias = [m for m in matched if m[1] == 1][: len(normals)]
     cxr = sorted(normals + pneumonias)
@@ -176,7 +180,7 @@ def main() -> None:
            "a polarity-flipped twin, and a class-name question. Built by scripts/build_eval_sets.py. "
            "Licence: CC BY 4.0 (Kermany et al. 2018; see LICENSE.md).\n", [cxr_licence])
 
-    breast = np.load(shared / "medmnist" / "breastmnist_no_test.npz")
+    breast = np.load(BUNDLED / "medmnist" / "breastmnist_no_test.npz")
     items = [item for index, (array, label) in enumerate(zip(breast["val_images"], breast["val_labels"].reshape(-1)))
              for item in MALIGNANT.items(f"val{index:03d}", f"breastmnist_val_{index:03d}.png",
                                          Image.fromarray(array).convert("RGB"), int(label) == 0,
@@ -198,13 +202,13 @@ def main() -> None:
                             Image.fromarray(breast["val_images"][index]).convert("RGB"), "What imaging modality is this?",
                             "Ultrasound", {"modality": "ultrasound"}))
     for name, modality in sorted(MSD_HELD_OUT.items()):
-        items.append(closed(f"{Path(name).stem}/modality", name, shared / "msd-nih-slices" / name,
+        items.append(closed(f"{Path(name).stem}/modality", name, BUNDLED / "msd-nih-slices" / name,
                             "What imaging modality is this?", MODALITY_ANSWER[modality], {"modality": modality}))
     _write(OUT / "modality", items,
            "# modality: which imaging modality, on held-out real images\n\n"
            "Every fourth image of cxr-pneumonia and breast-ultrasound, and the MSD slices the v1 corpus held out "
            "(2 MRI, 1 CT). Licences: CC BY 4.0 (Kermany; MedMNIST), CC BY-SA 4.0 (MSD slices); see LICENSE.md.\n",
-           [cxr_licence, mnist_licence, bundled / "msd-nih-slices" / "LICENSE.md"])
+           [cxr_licence, mnist_licence, BUNDLED / "msd-nih-slices" / "LICENSE.md"])
     for folder in sorted(OUT.iterdir()):
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         print(f"{folder.name}: {sum(1 for _ in (folder / 'items.jsonl').open())} items, {size / 2**20:.2f} MiB")
