@@ -6,7 +6,9 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' > .venv/pip-install.log 2>&1; then
+# The venv's own pip (23.2 on Python 3.11.7) has a published advisory (CVE-2023-5752): replace it first.
+if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check pip==26.1.2 \
+       && .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'; } > .venv/pip-install.log 2>&1; then
   grep -v "^WARNING: Location .* is ignored" .venv/pip-install.log >&2
   echo "setup failed: pip install did not succeed (full log: .venv/pip-install.log)" >&2
   exit 1

@@ -133,3 +133,27 @@ def test_checkpoint_without_vae_cannot_generate(checkpoint_copy: Path) -> None:
     assert model.ask([], "Hello?", max_new_tokens=2).token_ids  # understanding still works
     with pytest.raises(InputError, match="no ae.safetensors"):
         model.generate("A chest X-ray.", height=32, width=32)
+
+
+def test_integer_weights_for_a_float_parameter_are_named(checkpoint_copy: Path) -> None:
+    """Issue 13, item 10: an int32 tensor raised torch's "Only Tensors of floating point ... can require gradients"."""
+
+    tensors = load_file(checkpoint_copy / "ema.safetensors")
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].to(torch.int32)
+    save_file(tensors, checkpoint_copy / "ema.safetensors")
+    with pytest.raises(CheckpointError, match=r"not floating point: .*\(I32\)"):
+        load_checkpoint(checkpoint_copy)
+
+
+@pytest.mark.parametrize(("weight_map", "message"), [
+    (["ema-00001.safetensors"], "weight_map must map tensor names"),
+    ({"a": 5}, "weight_map must map tensor names"),
+    ({"a": "../../elsewhere/ema.safetensors"}, "not .safetensors files in the folder"),
+    ({"a": "ema-00001.bin"}, "not .safetensors files in the folder"),
+])
+def test_a_malformed_shard_index_is_named(checkpoint_copy: Path, weight_map, message: str) -> None:
+    (checkpoint_copy / "ema.safetensors").rename(checkpoint_copy / "ema-00001.safetensors")
+    (checkpoint_copy / "ema.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(checkpoint_copy)

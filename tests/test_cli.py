@@ -191,3 +191,26 @@ def test_edit_sizes_and_untrained_generation_sizes_are_said(checkpoint_copy: Pat
     assert main(["generate", "A chest X-ray.", "-o", str(tmp_path / "g.png"), "--height", "48", "--width", "48",
                  *common]) == 0
     assert "warning: 48x48: this checkpoint was trained to generate at sides 32, 64 px only" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_the_old_file_survives(tmp_path: Path, capsys, monkeypatch,
+                                                          fixture_dir: Path) -> None:
+    """Issue 13, item 10: ENOSPC was a traceback. Fault injected where a full disk fails: the flush to disk."""
+    import errno
+    import os
+
+    import unimedvl.utils.files as files
+
+    out = tmp_path / "old.png"
+    out.write_bytes(b"the previous image")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full_disk)
+    code = main(["generate", "a chest x-ray", "--out", str(out), "--steps", "2", "--height", "32", "--width", "32",
+                 "--checkpoint", str(fixture_dir)])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "Traceback" not in err
+    assert out.read_bytes() == b"the previous image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.png"]  # no temporary file left behind

@@ -70,3 +70,29 @@ def test_missing_or_malformed_config_file(checkpoint_copy: Path) -> None:
     (checkpoint_copy / "vit_config.json").unlink()
     with pytest.raises(ConfigError, match="config file not found"):
         UnifiedConfig.from_checkpoint_dir(checkpoint_copy)
+
+
+WRONG_TYPES = [("vit_config.json", "num_hidden_layers", "x"), ("vit_config.json", "num_hidden_layers", None),
+               ("vit_config.json", "intermediate_size", 1.5), ("vit_config.json", "patch_size", 14.0),
+               ("vit_config.json", "image_size", [980]), ("vit_config.json", "hidden_act", [1]),
+               ("llm_config.json", "num_hidden_layers", 1.5), ("llm_config.json", "intermediate_size", 1.5),
+               ("llm_config.json", "max_position_embeddings", "x"), ("llm_config.json", "max_position_embeddings", -1),
+               ("llm_config.json", "hidden_size", True), ("llm_config.json", "rope_theta", "1e6"),
+               ("vae_config.json", "params", [1]), ("vae_config.json", "params", None),
+               ("vae_config.json", "ch_mult", [1, "x", 1, 1]), ("vae_config.json", "ch_mult", []),
+               ("vae_config.json", "scale_factor", "x"), ("vae_config.json", "z_channels", 4.5)]
+
+
+@pytest.mark.parametrize(("name", "key", "value"), WRONG_TYPES)
+def test_a_wrong_type_in_a_config_file_is_named_not_a_traceback(checkpoint_copy: Path, name: str, key: str,
+                                                               value) -> None:
+    """Issue 13, item 10: these raised TypeError / ValueError from int() or torch.empty()."""
+    from unimedvl.checkpoint.folder import load_checkpoint
+
+    path = checkpoint_copy / name
+    data = json.loads(path.read_text())
+    target = data["params"] if name == "vae_config.json" and key != "params" else data
+    target[key] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=key.split("[")[0] if key != "params" else "params"):
+        load_checkpoint(checkpoint_copy)

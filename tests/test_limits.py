@@ -80,7 +80,7 @@ def test_bad_recipe_values_are_named(override: str, message: str) -> None:
     ("rope_theta", float("nan"), "rope_theta must be a positive finite number"),
     ("rms_norm_eps", float("inf"), "rms_norm_eps must be a positive finite number"),
     ("num_hidden_layers", 1_000_000, "exceeds the limit 256"),
-    ("hidden_size", True, "hidden_size must be a positive finite number"),
+    ("hidden_size", True, "hidden_size must be an integer, got True"),
 ])
 def test_model_configs_must_be_finite_and_sane(checkpoint_copy: Path, field: str, value: object, message: str) -> None:
     from unimedvl.errors import ConfigError

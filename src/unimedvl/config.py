@@ -56,6 +56,32 @@ def _check_positive(obj: Any, *names: str) -> None:
             raise ConfigError(f"{type(obj).__name__}.{name} = {value!r} exceeds the limit {limit:,}")
 
 
+def _check_types(obj: Any) -> None:
+    """Every field holds its annotated type, so a wrong type in a JSON file is named here, not deep in torch."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), f.type
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an integer"
+        elif kind == "float":  # finiteness and range: _check_positive or the config's own checks
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want = "a number"
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+            want = "true or false"
+        elif kind == "tuple[int, ...]":
+            ok = isinstance(value, (list, tuple)) and bool(value) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)
+            want = "a non-empty list of integers"
+        elif kind.startswith("Literal["):
+            ok = isinstance(value, str)
+            want = "a string"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{type(obj).__name__}.{f.name} must be {want}, got {value!r}")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     from unimedvl.utils.files import read_json_object
 
@@ -64,7 +90,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _pick(data: dict[str, Any], mapping: dict[str, str], source: str) -> dict[str, Any]:
     """Map JSON keys to dataclass fields; any key neither used nor known bookkeeping is an error."""
-    unknown = sorted(k for k in data if k not in mapping and k not in _HF_BOOKKEEPING)
+    unknown = sorted(str(k) for k in data if k not in mapping and k not in _HF_BOOKKEEPING)
     if unknown:
         raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
     return {mapping[k]: v for k, v in data.items() if k in mapping}
@@ -89,8 +115,10 @@ class LLMConfig:
     tie_word_embeddings: bool = False  # forced by the reference loaders
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                        "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps")
+                        "num_attention_heads", "num_key_value_heads", "rope_theta", "rms_norm_eps",
+                        "max_position_embeddings")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError("LLMConfig.hidden_size must be divisible by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -145,6 +173,7 @@ class ViTConfig:
     num_channels: int = 3
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_positive(self, "hidden_size", "intermediate_size", "num_attention_heads",
                         "num_hidden_layers", "patch_size", "image_size", "layer_norm_eps")
         if self.hidden_size % self.num_attention_heads:
@@ -171,8 +200,11 @@ class ViTConfig:
     def from_json_dict(cls, data: dict[str, Any], source: str = "vit_config.json") -> "ViTConfig":
         values = _pick(data, cls._JSON_KEYS, source)
         if "num_hidden_layers" in values:
+            layers = values["num_hidden_layers"]
+            if not isinstance(layers, int) or isinstance(layers, bool):
+                raise ConfigError(f"{source}: num_hidden_layers must be an integer, got {layers!r}")
             # Reference loader rule: drop the last layer, i.e. use penultimate-layer features.
-            values["num_hidden_layers"] = int(values["num_hidden_layers"]) - 1
+            values["num_hidden_layers"] = layers - 1
         try:
             return cls(**values)
         except TypeError as exc:
@@ -201,8 +233,14 @@ class VAEConfig:
     shift_factor: float = 0.1159
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        _check_positive(self, "ch", "num_res_blocks", "z_channels", "downsample")
+        _check_types(self)
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        _check_positive(self, "resolution", "in_channels", "out_ch", "ch", "num_res_blocks", "z_channels",
+                        "downsample", "scale_factor")
+        if not is_finite_number(self.shift_factor):
+            raise ConfigError(f"VAEConfig.shift_factor must be a finite number, got {self.shift_factor!r}")
+        if any(m <= 0 for m in self.ch_mult):
+            raise ConfigError(f"VAEConfig.ch_mult must hold positive integers, got {list(self.ch_mult)}")
         if 2 ** (len(self.ch_mult) - 1) != self.downsample:
             raise ConfigError(
                 f"VAEConfig.downsample={self.downsample} does not match ch_mult of length {len(self.ch_mult)}"
@@ -213,8 +251,10 @@ class VAEConfig:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any], source: str = "vae_config.json") -> "VAEConfig":
         params = data.get("params", data)
+        if not isinstance(params, dict):
+            raise ConfigError(f"{source}: 'params' must be an object of VAE settings, got {params!r}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in params if k not in names)
+        unknown = sorted(str(k) for k in params if k not in names)
         if unknown:
             raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
         return cls(**params)
@@ -237,7 +277,9 @@ class UnifiedConfig:
     timestep_embed_dim: int = 256
 
     def __post_init__(self) -> None:
-        _check_positive(self, "vit_max_num_patch_per_side", "max_latent_size", "latent_patch_size")
+        _check_types(self)
+        _check_positive(self, "vit_max_num_patch_per_side", "max_latent_size", "latent_patch_size",
+                        "timestep_embed_dim")
 
     @property
     def latent_downsample(self) -> int:
@@ -359,7 +401,7 @@ class ImageConfig:
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any], source: str = "image_config.json") -> "ImageConfig":
-        unknown = sorted(set(data) - set(cls._JSON_KEYS) - set(cls._OPTIONAL_JSON_KEYS))
+        unknown = sorted(map(str, set(data) - set(cls._JSON_KEYS) - set(cls._OPTIONAL_JSON_KEYS)))
         missing = [k for k in cls._JSON_KEYS if k not in data]
         if unknown or missing:
             raise ConfigError(f"{source}: expected the keys {', '.join(cls._JSON_KEYS)} (and optionally "

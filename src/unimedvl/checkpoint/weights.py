@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WRAPPER_PREFIX = "module."  # DDP's prefix (UniMedVL's load_ae strips it)
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})  # safetensors dtype names a float weight may have
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,12 @@ class LoadReport:
     recomputed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     non_finite: list[str] = field(default_factory=list)  # tensors holding NaN or infinity
+    wrong_dtype: list[tuple[str, str]] = field(default_factory=list)  # integer or bool data for a float weight
     loaded: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched or self.non_finite)
+        return not (self.missing or self.unexpected or self.mismatched or self.non_finite or self.wrong_dtype)
 
     def format(self, limit: int = 8) -> str:
         def listing(keys: list[str]) -> str:
@@ -112,6 +114,9 @@ class LoadReport:
         if self.mismatched:
             shown = [f"{k} (model {list(a)}, file {list(b)})" for k, a, b in self.mismatched]
             parts.append(f"{len(self.mismatched)} mis-shaped: {listing(shown)}")
+        if self.wrong_dtype:
+            shown = [f"{k} ({dtype})" for k, dtype in self.wrong_dtype]
+            parts.append(f"{len(self.wrong_dtype)} not floating point: {listing(shown)}")
         if self.ignored_extras:
             parts.append(f"{len(self.ignored_extras)} known extras ignored: {listing(self.ignored_extras)}")
         if self.dropped:
@@ -134,8 +139,15 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index.name} is malformed: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index.name} is malformed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index.name}: weight_map must map tensor names to shard file names")
+        # A shard is a file beside the index: no folders, no way out of the checkpoint.
+        strays = sorted({v for v in weight_map.values() if Path(v).name != v or not v.endswith(".safetensors")})
+        if strays:
+            raise CheckpointError(f"{index.name} names shards that are not .safetensors files in the folder: "
+                                  f"{', '.join(strays[:4])}")
         files = [folder / name for name in sorted(set(weight_map.values()))]
         absent = [f.name for f in files if not f.is_file()]
         if absent:
@@ -197,6 +209,7 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
     """
     expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()
                 if k.startswith(key_map.scope)}
+    expected_dtype = {k: v.dtype for k, v in module.state_dict(keep_vars=True).items() if k in expected}
     report = LoadReport(source=key_map.name)
     with ExitStack() as stack:
         opened = _open_all(stack, files)
@@ -238,9 +251,11 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
                 shape = tuple(handle.get_slice(file_key).get_shape())  # type: ignore[attr-defined]
             if shape != expected[key]:
                 report.mismatched.append((key, expected[key], shape))
+            elif expected_dtype[key].is_floating_point and handle.get_slice(file_key).get_dtype() not in FLOAT_DTYPES:
+                report.wrong_dtype.append((key, handle.get_slice(file_key).get_dtype()))  # type: ignore[attr-defined]
         if strict and not report.ok:
             raise CheckpointError(f"checkpoint does not match the model: {report.format()}")
-        bad = {k for k, _, _ in report.mismatched}
+        bad = {k for k, _, _ in report.mismatched} | {k for k, _ in report.wrong_dtype}
         for key in expected:
             if key not in plan or key in bad:
                 continue

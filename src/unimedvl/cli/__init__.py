@@ -6,11 +6,12 @@
 
 Inputs and outputs are checked before a model loads. Every error a user can cause (a bad file,
 option or value, an unknown command, a missing argument) prints one line `error: ...` and exits
-with status 2; `main(argv)` returns the status instead of exiting.
+with status 2 (1 when the machine refuses a write: a full disk, a read-only folder); `main(argv)` returns the status instead of exiting.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import warnings
@@ -76,8 +77,13 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr)
 
 
+# The machine, not the input: a full disk, a quota, a read-only or forbidden folder.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input or usage, 130 interrupted)."""
+    """Entry point; returns the exit status (0 ok, 1 the machine refused a write, 2 bad input or usage,
+    130 interrupted)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     warnings.showwarning = _one_line_warning
     try:
@@ -89,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # Writes are atomic, so a full disk or a read-only folder leaves what was there before untouched.
+        where = f"writing {exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; files already there were left as they were", file=sys.stderr)
+        return 1
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130

@@ -67,7 +67,7 @@ class BuildConfig:
         path = Path(path)
         data = read_yaml_mapping(path, "build config")
         known = {"name", "sources", "splits", "seed", "deid_salt", "chunk_size", "shard_rows", "workers", "executor", "qc"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"{path.name}: unknown key(s) {', '.join(unknown)}")
         if not data.get("sources"):

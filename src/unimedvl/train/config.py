@@ -188,7 +188,10 @@ class TrainConfig:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node[parts[-1]] = yaml.safe_load(value)
+            try:
+                node[parts[-1]] = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {key}: the value is not valid YAML ({type(exc).__name__})") from None
         return cls.from_dict(data, path.name)
 
     @classmethod
@@ -197,7 +200,7 @@ class TrainConfig:
             import typing
 
             names = {f.name for f in dataclasses.fields(kind)}
-            unknown = sorted(set(values) - names)
+            unknown = sorted(map(str, set(values) - names))
             if unknown:
                 raise ConfigError(f"{origin}: unknown key(s) in {where}: {', '.join(unknown)}")
             hints = typing.get_type_hints(kind)
@@ -224,9 +227,15 @@ class TrainConfig:
         nested = {"model": ModelInit, "data": DataConfig, "optim": OptimConfig}
         for key, kind in nested.items():
             if key in values:
+                if values[key] is not None and not isinstance(values[key], dict):
+                    raise ConfigError(f"{origin}: {key} must be a section (a mapping), got {values[key]!r}")
                 sub = dict(values[key] or {})
                 if key == "optim" and "betas" in sub:
-                    sub["betas"] = tuple(sub["betas"])
+                    betas = sub["betas"]
+                    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+                            is_finite_number(b) and 0 <= b < 1 for b in betas):
+                        raise ConfigError(f"{origin}: optim.betas must be two numbers in [0, 1), got {betas!r}")
+                    sub["betas"] = tuple(float(b) for b in betas)
                 values[key] = build(kind, sub, key)
         return build(cls, values, "the top level")
 

@@ -70,7 +70,7 @@ class Curriculum:
         path = Path(path)
         data = read_yaml_mapping(path, "curriculum")
         known = {"kind", "name", "corpus", "tokenizer", "vae", "model", "instruction_corpus", "stages"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"{path.name}: unknown key(s) {', '.join(unknown)}")
         if data.get("kind") != "curriculum":
@@ -112,7 +112,7 @@ class Curriculum:
 
 def _build(kind: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(map(str, set(values) - names))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
     try:

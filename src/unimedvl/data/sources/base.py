@@ -61,12 +61,13 @@ class SourceConfig:
     def from_dict(cls, data: dict[str, Any], base_dir: Path, origin: str) -> "SourceConfig":
         known = {"name", "adapter", "path", "modality", "licence", "tasks", "options", "repeat", "redistributable",
                  "description", "citation", "limit"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"{origin}: unknown key(s) {', '.join(unknown)}")
         for required in ("name", "adapter", "path", "licence"):
             if required not in data:
                 raise ConfigError(f"{origin}: missing required key {required!r}")
+        _check_source_types(data, origin)
         _load_adapters()
         if data["adapter"] not in ADAPTERS:
             raise ConfigError(f"{origin}: unknown adapter {data['adapter']!r}; choose one of {sorted(ADAPTERS)}")
@@ -92,6 +93,29 @@ class SourceConfig:
         if bad:
             raise ConfigError(f"{path.name}: unknown task(s) {bad}; choose from {list(TASKS)}")
         return config
+
+
+def _check_source_types(data: dict[str, Any], origin: str) -> None:
+    """Each key of a source entry has its type, so a wrong one is named here rather than failing deep in a build."""
+    def fail(key: str, want: str) -> None:
+        raise ConfigError(f"{origin}: {key} must be {want}, got {data[key]!r}")
+
+    for key in ("name", "adapter", "path", "licence"):
+        if not isinstance(data[key], str) or not data[key].strip():
+            fail(key, "a non-empty string")
+    if data.get("modality") is not None and not isinstance(data["modality"], str):
+        fail("modality", "a modality name")
+    tasks = data.get("tasks", ())
+    if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
+        fail("tasks", "a list of task names")
+    if data.get("options") is not None and not isinstance(data["options"], dict):
+        fail("options", "a mapping")
+    for key, low in (("repeat", 1), ("limit", 1)):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            fail(key, f"an integer >= {low}")
+    if "redistributable" in data and not isinstance(data["redistributable"], bool):
+        fail("redistributable", "true or false")
 
 
 class Adapter:

@@ -3,7 +3,8 @@
 DICOM: files are grouped by series, ordered by position, the modality LUT is applied (CT in HU),
 then a display window (CT presets, MR percentiles, VOI LUT for radiographs, MONOCHROME1 inverted).
 No patient identifier reaches a record: the group is a salted hash of PatientID, keys are hashes,
-and provenance keeps only a whitelist of technical tags.
+and provenance keeps only the vetted technical tags of `imaging/dicom_tags.py`. A series whose
+header says its pixels carry burned-in annotation is refused (the text would be in the image).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Any
 import numpy as np
 
 from unimedvl.data.sources.base import Adapter, RawRecord, RecordError, encode_png, register
+from unimedvl.imaging.dicom_tags import technical_tags
 
 CT_WINDOWS = {"lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0), "soft_tissue": (40.0, 400.0),
               "bone": (400.0, 1800.0), "brain": (40.0, 80.0), "abdomen": (50.0, 400.0)}
 DICOM_MODALITY = {"CT": "ct", "MR": "mri", "US": "ultrasound", "CR": "chest_xray", "DX": "chest_xray",
                   "OCT": "oct", "OP": "fundus", "SM": "histopathology", "ES": "endoscopy"}
-SAFE_TAGS = ("Modality", "BodyPartExamined", "PhotometricInterpretation", "Rows", "Columns", "PixelSpacing",
-             "SliceThickness", "BitsStored")
+
+
+MAX_SLICE_SIDE = 8192  # larger planes are a damaged header, not a scan
 
 
 def pseudonym(value: str, salt: str) -> str:
@@ -113,41 +116,41 @@ class DicomSeries(Adapter):
             try:
                 ds = pydicom.dcmread(self.config.path / rel)
                 pixels = ds.pixel_array
-            except Exception as exc:  # noqa: BLE001
+                single = pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 3
+                                              and int(ds.get("NumberOfFrames", 1) or 1) == 1)
+            except Exception as exc:  # noqa: BLE001  (pydicom raises many types for damaged files)
                 # One bad slice is reported on its own; the rest of the series is still used.
                 problems.append(RecordError(f"series {series_key}, file {pseudonym(rel, salt)}: unreadable or "
                                             f"truncated DICOM ({type(exc).__name__})"))
                 continue
-            if pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 3 and int(ds.get("NumberOfFrames", 1)) == 1):
-                frames.append((ds, pixels))
-            else:
-                frames.extend((ds, frame) for frame in pixels)
+            frames.extend([(ds, pixels)] if single else [(ds, frame) for frame in pixels])
         if not frames:
             return problems
         first = frames[0][0]
-        modality = DICOM_MODALITY.get(str(first.get("Modality", "")), self.config.modality or "other")
-        if self.config.modality:
-            modality = self.config.modality
-        group = pseudonym(str(first.get("PatientID", "") or uid), salt)
-        provenance = {tag: _plain(first.get(tag)) for tag in SAFE_TAGS if tag in first}
+        tags, withheld = technical_tags(first)
+        if tags.get("BurnedInAnnotation") == "YES":
+            return [RecordError(f"series {series_key}: BurnedInAnnotation is YES (text in the pixels may identify "
+                                "the patient); not used"), *problems]
+        modality = self.config.modality or DICOM_MODALITY.get(tags.get("Modality", ""), "other")
+        try:
+            # Without a readable PatientID the series cannot be kept to one side of a patient-level split.
+            group = pseudonym(str(first.get("PatientID", "") or uid), salt)
+        except Exception as exc:  # noqa: BLE001
+            return [RecordError(f"series {series_key}: damaged PatientID element ({type(exc).__name__}); "
+                                "not used"), *problems]
+        provenance = {**tags, **({"withheld_tags": withheld} if withheld else {})}
         records: list[RawRecord | RecordError] = []
         for index in select_slices(len(frames), self.config.options.get("slices", "middle")):
             ds, frame = frames[index]
-            image = encode_png(_display(ds, np.asarray(frame), modality, self.config.options))
+            try:
+                image = encode_png(_display(ds, np.asarray(frame), modality, self.config.options))
+            except Exception as exc:  # noqa: BLE001  (a damaged LUT, window or photometric element)
+                problems.append(RecordError(f"series {series_key}, slice {index}: cannot be displayed "
+                                            f"({type(exc).__name__})"))
+                continue
             records.append(self.record(f"{series_key}/{index}", images=[image], modality=modality, group=group,
                                        provenance={**provenance, "slice": index, "slices": len(frames)}))
         return [*records, *problems]
-
-
-def _plain(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return [float(v) for v in value]
-    try:
-        return float(value) if str(value).replace(".", "", 1).lstrip("-").isdigit() else str(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 @register("nifti")
@@ -176,6 +179,12 @@ class NiftiVolumes(Adapter):
         if data.ndim != 3:
             raise RecordError(f"volume {key}: expected a 3-D volume, got shape {data.shape}")
         axis = int(self.config.options.get("axis", 2))
+        plane_shape = [n for i, n in enumerate(data.shape) if i != axis]
+        if min(data.shape) < 1 or min(plane_shape) < 2 or max(plane_shape) > MAX_SLICE_SIDE:
+            raise RecordError(f"volume {key}: shape {list(data.shape)} gives no usable slices along axis {axis} "
+                              f"(each side 2 to {MAX_SLICE_SIDE} px)")
+        if not np.isfinite(data).all():  # NaN / inf voxels (a damaged or float-overflowing file) read as background
+            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
         modality = self.config.modality or "mri"
         records = []
         for index in select_slices(data.shape[axis], self.config.options.get("slices", "middle")):
