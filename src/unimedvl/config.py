@@ -306,8 +306,18 @@ class UnifiedConfig:
         )
 
     @classmethod
+    def small(cls) -> "UnifiedConfig":
+        """A few hundred million parameters for benchmarks: the released vocabulary and VAE, a narrow
+        8-layer decoder (hidden 1024, 401 M understanding parameters, 491 M in the decoder) and a small ViT."""
+        return cls(
+            llm=LLMConfig(vocab_size=152064, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                          num_attention_heads=16, num_key_value_heads=4),
+            vit=ViTConfig(hidden_size=384, intermediate_size=1536, num_attention_heads=6, num_hidden_layers=6),
+        )
+
+    @classmethod
     def preset(cls, name: str) -> "UnifiedConfig":
-        presets = {"full": cls.full, "tiny": cls.tiny}
+        presets = {"full": cls.full, "small": cls.small, "tiny": cls.tiny}
         if name not in presets:
             raise ConfigError(f"unknown config preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
