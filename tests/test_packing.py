@@ -122,3 +122,29 @@ def test_packed_forward_equals_incremental_inference(engine) -> None:
     torch.testing.assert_close(hidden[o:o + n3], h3, atol=2e-5, rtol=0)
     o += n3
     torch.testing.assert_close(hidden[o:], h_other, atol=2e-5, rtol=0)
+
+
+def test_the_causal_kernel_path_equals_the_materialised_mask() -> None:
+    """Text blocks take SDPA's causal kernel (issue 14); it must see exactly what block_attention_mask allows."""
+    import torch
+
+    from unimedvl.config import UnifiedConfig
+    from unimedvl.model.builder import build_model
+
+    torch.manual_seed(0)
+    model = build_model(UnifiedConfig.tiny(), device="cpu").eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    lm = model.language_model.model
+    prefix, block = torch.randn(5, 64), torch.randn(7, 64)
+    with torch.no_grad():
+        outs = []
+        for causal in (True, False):
+            cache = model.new_cache()
+            lm(prefix, torch.arange(5), causal=causal, attn_mask=None if causal else block_attention_mask(5, 0, causal=True),
+               cache=cache.open_block(5, commit=True))
+            cache.commit(5, 5)
+            mask = None if causal else block_attention_mask(7, 5, causal=True)
+            outs.append(lm(block, torch.arange(5, 12), causal=causal, attn_mask=mask,
+                           cache=cache.open_block(7, commit=True)))
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)

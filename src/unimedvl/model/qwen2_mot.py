@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from unimedvl.config import LLMConfig
 from unimedvl.model.kv_cache import KVBlock, KVCache
@@ -92,8 +93,9 @@ class BlockInputs:
     routing: Routing
     cos: torch.Tensor  # RoPE tables [L, D]
     sin: torch.Tensor
-    attn_mask: torch.Tensor | None  # [L, Lc + L] bool; None = every row sees every key
+    attn_mask: torch.Tensor | None  # [L, Lc + L] bool; None = every row sees every key (unless causal)
     cache: KVBlock | None  # None: a whole packed sequence (training) that attends only to itself
+    causal: bool = False  # a causal text block over its cache: bottom-right causal, no mask materialised
 
 
 class MoTAttention(nn.Module):
@@ -132,9 +134,14 @@ class MoTAttention(nn.Module):
             k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
         else:
             k_all, v_all = inputs.cache.layer_kv(self.layer_idx, k, v)  # [Hkv, Lk, D]
+        mask = inputs.attn_mask
+        if inputs.causal:
+            # SDPA takes the causal kernel for this (a dense boolean mask forces the slower masked path);
+            # lower-right alignment: query r sees cached keys and block keys up to r.
+            mask = causal_lower_right(q.shape[0], k_all.shape[1])
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
-            attn_mask=inputs.attn_mask, enable_gqa=self.num_heads != self.num_kv_heads,
+            attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads,
         )  # [1, Hq, L, D]
         out = out[0].transpose(0, 1).reshape(x.shape[0], -1)
         return inputs.routing.apply(out, self.o_proj, self.o_proj_moe_gen)
@@ -173,7 +180,7 @@ class Qwen2MoTModel(nn.Module):
 
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, *, gen_mask: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, cache: KVBlock | None = None,
-                checkpoint_layers: bool = False) -> torch.Tensor:
+                checkpoint_layers: bool = False, causal: bool = False) -> torch.Tensor:
         """Run one query block `[L, H]`; returns final-normed hidden states `[L, H]`.
 
         Args:
@@ -184,10 +191,13 @@ class Qwen2MoTModel(nn.Module):
             cache: where the block reads and writes keys/values (`KVCache.open_block`); None for a
                 whole packed sequence (training), which attends only to itself.
             checkpoint_layers: recompute each layer in backward (activation checkpointing, training).
+            causal: the block is causal over [cached keys, block keys] (bottom-right); `attn_mask` must be None.
         """
         routing = Routing.from_mask(gen_mask)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, embeds.dtype)
-        inputs = BlockInputs(routing, cos, sin, attn_mask, cache)
+        if causal and attn_mask is not None:
+            raise ValueError("give a causal block or an attention mask, not both")
+        inputs = BlockInputs(routing, cos, sin, attn_mask, cache, causal=causal and embeds.shape[0] > 1)
         x = embeds
         for layer in self.layers:
             if checkpoint_layers and torch.is_grad_enabled():

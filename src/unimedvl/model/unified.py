@@ -40,7 +40,6 @@ from unimedvl.model.packing import (
     SplitKind,
     TextSegment,
     VitSegment,
-    block_attention_mask,
     grid_position_ids,
     patchify,
     rope_advance,
@@ -116,9 +115,9 @@ class UniMedVLModel(nn.Module):
         """
         n = embeds.shape[0]
         positions = torch.tensor(split_positions(kind, cache.rope, n), device=self.device)
-        mask = block_attention_mask(n, cache.length, causal=kind == SplitKind.CAUSAL, device=self.device)
+        causal = kind == SplitKind.CAUSAL  # the rule of block_attention_mask, without materialising it
         commit = kind != SplitKind.NOISE
-        hidden = self.language_model.model(embeds, positions, gen_mask=gen_mask, attn_mask=mask,
+        hidden = self.language_model.model(embeds, positions, gen_mask=gen_mask, causal=causal,
                                            cache=cache.open_block(n, commit=commit))
         if commit:
             cache.commit(n, rope_advance(kind, n))

@@ -1,0 +1,229 @@
+"""Language-model speed against Hugging Face `transformers`, with the same weights, in the same run.
+
+    .venv/bin/python bench/lm.py [--configs tiny,unimedvl-tiny,small] [--contexts 128,1024,4096] [--json out.json]
+
+The understanding path of UniMedVL is Qwen2 with QK-norm, i.e. `transformers`' Qwen3ForCausalLM with
+`attention_bias=True`: the peer is that model holding our understanding-expert weights (logits checked
+first). For each config and context length T it measures, ours and the peer interleaved (best of N):
+* prefill: T tokens into an empty cache, tokens/s;
+* decode: 32 greedy steps after a T-token prefill, tokens/s.
+Machine limits measured by the script: the fp32 matmul peak (prefill GFLOP/s is a fraction of it) and
+the memory read bandwidth (decode reads every active weight per token: its limit is bandwidth / bytes).
+Needs `pip install '.[bench]'` (transformers). A benchmark, not a test; run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from unimedvl.assets import REFERENCE_TINY
+from unimedvl.checkpoint.folder import load_checkpoint
+from unimedvl.config import LLMConfig, UnifiedConfig
+from unimedvl.model.builder import build_model
+
+DECODE_STEPS = 32
+SHIPPED = REFERENCE_TINY.parent / "unimedvl-tiny"
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def read_bandwidth_gbs(megabytes: int = 1024, repeats: int = 5) -> float:
+    """Streaming read bandwidth: sum a buffer far larger than the caches."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()
+    best = min(_timed(lambda: x.sum()) for _ in range(repeats))
+    return x.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:  # noqa: ANN001
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def llm_flops(cfg: LLMConfig, tokens: int, context: int) -> float:
+    """Matmul FLOPs of `tokens` query tokens (understanding expert) over `context` keys; lm_head on the last only."""
+    h, kv, d = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim, cfg.head_dim
+    per_token = cfg.num_hidden_layers * 2 * (2 * h * h + 2 * h * kv + 3 * h * cfg.intermediate_size)
+    attention = cfg.num_hidden_layers * 2 * 2 * cfg.num_attention_heads * d * context / 2  # causal: half the keys
+    return tokens * (per_token + attention) + 2 * h * cfg.vocab_size
+
+
+def active_bytes(cfg: LLMConfig, context: int) -> int:
+    """Bytes decode reads per token in fp32: understanding weights (embedding row aside) and the K/V cache."""
+    h, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
+    layer = 2 * h * h + 2 * h * kv + 3 * h * cfg.intermediate_size
+    weights = cfg.num_hidden_layers * layer + h * cfg.vocab_size
+    cache = cfg.num_hidden_layers * 2 * kv * context
+    return 4 * (weights + cache)
+
+
+def small_model():  # noqa: ANN201
+    torch.manual_seed(0)
+    model = build_model(UnifiedConfig.small(), device="cpu")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or ".norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
+
+
+def load_ours(name: str):  # noqa: ANN201
+    if name == "small":
+        return small_model()
+    folder = {"tiny": REFERENCE_TINY, "unimedvl-tiny": SHIPPED}[name]
+    return load_checkpoint(folder, dtype="float32").model.eval()
+
+
+def hf_peer(model):  # noqa: ANN001, ANN201
+    """transformers' Qwen3ForCausalLM (q/k/v bias) holding our understanding expert's weights."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = model.config.llm
+    config = Qwen3Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+                         num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+                         rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps,
+                         max_position_embeddings=cfg.max_position_embeddings, attention_bias=True,
+                         tie_word_embeddings=False, attn_implementation="sdpa", torch_dtype=torch.float32)
+    peer = Qwen3ForCausalLM(config).eval()
+    ours = {k.removeprefix("language_model."): v for k, v in model.state_dict().items()
+            if k.startswith("language_model.") and "moe_gen" not in k}
+    state = peer.state_dict()
+    for key in state:
+        if key in ours:
+            state[key] = ours[key].float()
+        elif key.endswith("o_proj.bias"):
+            state[key] = torch.zeros_like(state[key])  # Qwen2 has no o_proj bias; Qwen3's attention_bias adds one
+        else:
+            raise KeyError(f"no weight for {key}")
+    peer.load_state_dict(state)
+    return peer
+
+
+@torch.no_grad()
+def ours_prefill(model, ids: torch.Tensor) -> tuple[torch.Tensor, object]:  # noqa: ANN001
+    cache = model.new_cache(capacity=ids.numel() + DECODE_STEPS)
+    hidden = model.prefill_text(cache, ids)
+    return model.logits(hidden[-1:]), cache
+
+
+@torch.no_grad()
+def ours_decode(model, cache, token: torch.Tensor, steps: int) -> None:  # noqa: ANN001
+    fork = cache.fork()
+    fork.reserve(steps)
+    for _ in range(steps):
+        token = model.decode_step(fork, token).argmax(-1)
+
+
+@torch.no_grad()
+def hf_prefill(peer, ids: torch.Tensor):  # noqa: ANN001, ANN201
+    out = peer(input_ids=ids[None], use_cache=True, logits_to_keep=1)
+    return out.logits[0], out.past_key_values
+
+
+@torch.no_grad()
+def hf_decode(peer, cache, token: torch.Tensor, steps: int) -> None:  # noqa: ANN001
+    import copy
+
+    cache = copy.deepcopy(cache)  # each run decodes from the same prefix, as ours does through fork()
+    for _ in range(steps):
+        out = peer(input_ids=token[None], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        token = out.logits[0, -1:].argmax(-1)
+
+
+def check_logits(model, peer, length: int = 64) -> float:  # noqa: ANN001
+    ids = torch.randint(0, model.config.llm.vocab_size, (length,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cache = model.new_cache()
+        ours = model.logits(model.prefill_text(cache, ids))
+        theirs = peer(input_ids=ids[None]).logits[0]
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+def bench_config(name: str, contexts: list[int], repeats: int, peak: float, bandwidth: float) -> list[dict]:
+    model = load_ours(name)
+    peer = hf_peer(model)
+    drift = check_logits(model, peer)
+    if drift > 1e-4:
+        raise SystemExit(f"{name}: logits differ from transformers by {drift:.2e} (relative); not comparable")
+    cfg = model.config.llm
+    rows = []
+    for context in contexts:
+        if context > cfg.max_position_embeddings:
+            continue
+        ids = torch.randint(0, cfg.vocab_size, (context,), generator=torch.Generator().manual_seed(2))
+        r = 1 if context >= 4096 and name == "small" else repeats
+        times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "hf_decode": []}
+        for _ in range(r):  # interleaved, so both see the same machine state
+            times["ours_prefill"].append(_timed(lambda: ours_prefill(model, ids)))
+            times["hf_prefill"].append(_timed(lambda: hf_prefill(peer, ids)))
+        _, cache = ours_prefill(model, ids)
+        _, hf_cache = hf_prefill(peer, ids)
+        token = ids[-1:]
+        for _ in range(max(2, r)):
+            times["ours_decode"].append(_timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
+            start = time.perf_counter()
+            import copy
+
+            copy.deepcopy(hf_cache)
+            copy_s = time.perf_counter() - start  # the peer's cache copy is ours' fork(): not decode time
+            times["hf_decode"].append(_timed(lambda: hf_decode(peer, hf_cache, token, DECODE_STEPS)) - copy_s)
+        best = {k: min(v) for k, v in times.items()}
+        limit = bandwidth * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2)
+        row = {"config": name, "context": context,
+               "prefill_tok_s": context / best["ours_prefill"], "hf_prefill_tok_s": context / best["hf_prefill"],
+               "prefill_peak_fraction": llm_flops(cfg, context, context) / best["ours_prefill"] / 1e9 / peak,
+               "decode_tok_s": DECODE_STEPS / best["ours_decode"], "hf_decode_tok_s": DECODE_STEPS / best["hf_decode"],
+               "decode_limit_tok_s": limit, "logit_drift": drift}
+        rows.append(row)
+        print(f"  {name} T={context}: prefill {row['prefill_tok_s']:,.0f} vs {row['hf_prefill_tok_s']:,.0f} tok/s, "
+              f"decode {row['decode_tok_s']:,.1f} vs {row['hf_decode_tok_s']:,.1f} tok/s", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="tiny,unimedvl-tiny,small")
+    parser.add_argument("--contexts", default="128,1024,4096")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peak, bandwidth = matmul_peak_gflops(), read_bandwidth_gbs()
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s")
+    rows = []
+    for name in args.configs.split(","):
+        rows += bench_config(name, [int(c) for c in args.contexts.split(",")], args.repeats, peak, bandwidth)
+    print("\n| config | T | prefill tok/s | vs transformers | of matmul peak | decode tok/s | vs transformers "
+          "| of bandwidth limit |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['context']} | {r['prefill_tok_s']:,.0f} | "
+              f"{r['prefill_tok_s'] / r['hf_prefill_tok_s']:.2f}x | {100 * r['prefill_peak_fraction']:.0f}% | "
+              f"{r['decode_tok_s']:,.1f} | {r['decode_tok_s'] / r['hf_decode_tok_s']:.2f}x | "
+              f"{100 * r['decode_tok_s'] / r['decode_limit_tok_s']:.0f}% |")
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflops": peak, "bandwidth_gbs": bandwidth, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
