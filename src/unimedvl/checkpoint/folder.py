@@ -27,6 +27,7 @@ from unimedvl.checkpoint.weights import KeyMap, LoadReport, load_weights, safete
 from unimedvl.config import ImageConfig, UnifiedConfig, VAEConfig
 from unimedvl.errors import CheckpointError, ConfigError
 from unimedvl.model.builder import build_model, build_vae
+from unimedvl.model.layers import quantize_linears
 from unimedvl.model.unified import UniMedVLModel
 from unimedvl.model.vae import AutoEncoder
 from unimedvl.text.tokenizer import TextTokenizer
@@ -48,7 +49,8 @@ class LoadedCheckpoint:
     # capabilities.json "think": whether the checkpoint was trained for think mode; None: not recorded
     # (a released checkpoint, whose reference supports it).
     think_trained: bool | None = None
-
+    mode: str = "full"  # "understanding": no generation expert, no VAE
+    quantize: str | None = None  # "int8": the decoder's linear layers are int8
 
 CAPABILITIES_FILE = "capabilities.json"
 
@@ -114,15 +116,32 @@ def load_component(model: UniMedVLModel, path: str | Path, key_map: KeyMap) -> L
                         device=weight.device)
 
 
+# What an understanding-only load leaves out: the generation expert, the latent heads and table.
+GENERATION_ONLY = (r"_moe_gen\.", r"^latent_pos_embed\.", r"^time_embedder\.", r"^vae2llm\.", r"^llm2vae\.")
+LOAD_MODES = ("full", "understanding")
+QUANTIZATIONS = (None, "int8")
+
+
 def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = None,
                     device: str | torch.device | None = None, weights: Literal["ema", "model"] = "ema",
-                    strict: bool = True, load_vae_weights: bool = True) -> LoadedCheckpoint:
-    """Load config, network, VAE and tokenizer from `folder`. Raises CheckpointError/ConfigError on bad input."""
+                    strict: bool = True, load_vae_weights: bool = True,
+                    mode: Literal["full", "understanding"] = "full",
+                    quantize: Literal["int8"] | None = None) -> LoadedCheckpoint:
+    """Load config, network, VAE and tokenizer from `folder`. Raises CheckpointError/ConfigError on bad input.
+
+    `mode="understanding"` reads neither the generation expert nor the VAE (they stay unallocated):
+    the 14B model's understanding path needs 8.05 B of its 14.6 B parameters. `quantize="int8"` keeps
+    the decoder's linear layers as int8 with one scale per output row (quantized while loading).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
     if weights not in ("ema", "model"):
         raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if mode not in LOAD_MODES:
+        raise ConfigError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantize must be None or 'int8', got {quantize!r}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     config = UnifiedConfig.from_checkpoint_dir(folder)
@@ -134,11 +153,14 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
         )
     files = weight_files(folder, weights)
     model = build_model(config)
-    released = replace(keymaps.RELEASED, name=", ".join(f.name for f in files))
+    if quantize == "int8":
+        quantize_linears(model.language_model, lambda name: True)
+    skipped = GENERATION_ONLY if mode == "understanding" else ()
+    released = replace(keymaps.RELEASED, name=", ".join(f.name for f in files), skipped=skipped)
     reports = [load_weights(model, files, released, dtype=dtype, device=device, strict=strict)]
     model.eval().requires_grad_(False)
     vae = None
-    if load_vae_weights:
+    if load_vae_weights and mode == "full":
         ae_path = folder / "ae.safetensors"
         if ae_path.is_file():
             # The VAE stays fp32 on CPU (it is small, and bf16 convs are slow there).
@@ -151,7 +173,8 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
     for report in reports:
         log.info("%s", report.format())
     return LoadedCheckpoint(config=config, model=model, vae=vae, tokenizer=tokenizer, reports=reports,
-                            image_config=image_config, think_trained=read_think_trained(folder))
+                            image_config=image_config, think_trained=read_think_trained(folder), mode=mode,
+                            quantize=quantize)
 
 
 def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

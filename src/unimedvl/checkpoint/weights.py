@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from unimedvl.errors import CheckpointError
+from unimedvl.model.layers import Int8Linear
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class KeyMap:
         keep_if_absent: regexes of module keys that keep their current (initialised) value when the
             file lacks them (Qwen2.5 has no QK-norm weights; BAGEL starts them at one).
         strip_wrapper: remove a `module.` prefix carried by every key of the files.
+        skipped: regexes of module keys that are neither read nor required and stay unallocated on
+            the meta device (an understanding-only load leaves out the generation expert).
     """
 
     name: str
@@ -66,6 +69,7 @@ class KeyMap:
     derivable: tuple[str, ...] = ()
     keep_if_absent: tuple[str, ...] = ()
     strip_wrapper: bool = False
+    skipped: tuple[str, ...] = ()  # regexes of module keys neither read nor required (left unallocated)
 
     def module_key(self, file_key: str) -> str:
         for old, new in self.renames:
@@ -95,6 +99,7 @@ class LoadReport:
     kept: list[str] = field(default_factory=list)
     non_finite: list[str] = field(default_factory=list)  # tensors holding NaN or infinity
     wrong_dtype: list[tuple[str, str]] = field(default_factory=list)  # integer or bool data for a float weight
+    skipped: int = 0  # tensors of the file left out on purpose (KeyMap.skipped)
     loaded: int = 0
 
     @property
@@ -107,6 +112,8 @@ class LoadReport:
             return ", ".join(keys[:limit]) + more
 
         parts = [f"{self.source}: {self.loaded} tensors loaded"]
+        if self.skipped:
+            parts.append(f"{self.skipped} left out by the load mode")
         if self.missing:
             parts.append(f"{len(self.missing)} missing: {listing(self.missing)}")
         if self.unexpected:
@@ -175,8 +182,8 @@ def safetensors_files(path: Path, what: str) -> list[Path]:
     return files
 
 
-def _open_all(stack: ExitStack, files: list[Path]) -> dict[str, object]:
-    """Map every key to an open safetensors handle (memory-mapped)."""
+def _open_all(stack: ExitStack, files: list[Path], paths: dict[str, Path] | None = None) -> dict[str, object]:
+    """Map every key to an open safetensors handle (memory-mapped); `paths` gets each key's file."""
     handles: dict[str, object] = {}
     for path in files:
         if path.suffix != ".safetensors":
@@ -187,6 +194,8 @@ def _open_all(stack: ExitStack, files: list[Path]) -> dict[str, object]:
             raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc})") from None
         for key in handle.keys():
             handles[key] = handle
+            if paths is not None:
+                paths[key] = path
     return handles
 
 
@@ -200,6 +209,13 @@ def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
         parent.register_buffer(attr, value)
 
 
+def _load_int8(owner: Int8Linear, tensor: torch.Tensor, key: str, device: torch.device, report: LoadReport) -> None:
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        report.non_finite.append(key)
+    owner.load_weight(tensor, device)
+    report.loaded += 1
+
+
 def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype: torch.dtype,
                  device: torch.device, strict: bool = True) -> LoadReport:
     """Fill `module` from safetensors files through `key_map`, strictly by default. Returns the report.
@@ -207,19 +223,25 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
     Floating-point tensors arrive in `dtype` on `device`. With `strict=False` problems are logged
     instead of raised, and module keys left on the meta device are filled with zeros.
     """
+    def skip(key: str) -> bool:
+        return any(re.search(p, key) for p in key_map.skipped)
+
     expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()
-                if k.startswith(key_map.scope)}
+                if k.startswith(key_map.scope) and not skip(k)}
     expected_dtype = {k: v.dtype for k, v in module.state_dict(keep_vars=True).items() if k in expected}
     report = LoadReport(source=key_map.name)
     with ExitStack() as stack:
-        opened = _open_all(stack, files)
+        file_of: dict[str, Path] = {}
+        opened = _open_all(stack, files, file_of)
         prefix = WRAPPER_PREFIX if key_map.strip_wrapper and opened and all(
             k.startswith(WRAPPER_PREFIX) for k in opened) else ""
         plan: dict[str, str] = {}  # module key -> the file key it is read from
         for file_key in sorted(opened):
             key = key_map.module_key(file_key[len(prefix):])
             reason = next((why for p, why in key_map.ignored if key.startswith(p)), None)
-            if reason is not None:
+            if skip(key):
+                report.skipped += 1
+            elif reason is not None:
                 report.ignored_extras.append(key)
             elif key in expected:
                 for target in [key, *key_map.copies_of(key)]:
@@ -260,9 +282,28 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
             if key not in plan or key in bad:
                 continue
             file_key = plan[key]
-            tensor = tensors[key] if key in tensors else opened[file_key].get_tensor(file_key)  # type: ignore[attr-defined]
+            owner_name, _, attr = key.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            tensor = tensors.get(key) if isinstance(owner, Int8Linear) and attr == "weight" else (
+                tensors[key] if key in tensors else opened[file_key].get_tensor(file_key))  # type: ignore[attr-defined]
+            if isinstance(owner, Int8Linear) and attr == "weight":
+                if key not in tensors:
+                    # Quantized through its own short-lived mapping: the float pages it reads leave the process
+                    # with it (a long-lived mapping would keep every page read resident until the load ends).
+                    with safe_open(str(file_of[file_key]), framework="pt", device="cpu") as own:
+                        _load_int8(owner, own.get_tensor(file_key), key, device, report)
+                else:
+                    _load_int8(owner, tensor, key, device, report)
+                continue
             if tensor.is_floating_point():
-                if not bool(torch.isfinite(tensor).all()):  # a NaN weight answers "!!!!" to every question
+                if key not in tensors and tensor.dtype == dtype and device.type == "cpu":
+                    # The tensor stays memory-mapped: check it through a short-lived mapping, so the check does
+                    # not make every page of it (a 1 GB embedding table) resident for the life of the model.
+                    with safe_open(str(file_of[file_key]), framework="pt", device="cpu") as own:
+                        finite = bool(torch.isfinite(own.get_tensor(file_key)).all())
+                else:
+                    finite = bool(torch.isfinite(tensor).all())
+                if not finite:  # a NaN weight answers "!!!!" to every question
                     report.non_finite.append(key)
                 tensor = tensor.to(device=device, dtype=dtype)
             _set_tensor(module, key, tensor.to(device))
@@ -273,7 +314,7 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
     for key in report.recomputed:
         _set_tensor(module, key, torch.zeros(expected[key], dtype=dtype, device=device))
         module.get_submodule(key.rpartition(".")[0]).reset_table()  # type: ignore[operator]
-    for key in expected:  # non-strict leftovers still on meta: materialise them
+    for key in expected:  # non-strict leftovers still on meta: materialise them (skipped keys are not expected)
         if state[key].is_meta and key not in report.recomputed:
             _set_tensor(module, key, torch.zeros(expected[key], dtype=dtype, device=device))
     if report.ignored_extras:

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from unimedvl.cli.options import CheckpointOpt, DeviceOpt, DtypeOpt, ModelChoice, progress, with_guidance
+from unimedvl.cli.options import CheckpointOpt, DeviceOpt, DtypeOpt, Int8Opt, ModelChoice, progress, with_guidance
 
 
 def ask(
@@ -25,14 +25,15 @@ def ask(
     think: bool = typer.Option(False, "--think", help="Reason in <think> tags before answering."),
     seed: Optional[int] = typer.Option(None, help="Seed for sampling."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    int8: bool = Int8Opt,
 ) -> None:
-    """Answer a question or write a report about medical images."""
+    """Answer a question or write a report about medical images (loads the understanding path only)."""
     from unimedvl.errors import InputError
     from unimedvl.imaging.pixels import load_image
     from unimedvl.inference.engine import TextOptions
 
     options = TextOptions(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p)
-    choice = ModelChoice(checkpoint, dtype, device)
+    choice = ModelChoice(checkpoint, dtype, device, mode="understanding", int8=int8)
     if batch is None:
         if question is None:
             raise InputError("give --question (or --batch FILE.jsonl)")

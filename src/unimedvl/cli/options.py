@@ -16,6 +16,8 @@ CheckpointOpt = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder
 DtypeOpt = typer.Option(None, "--dtype", help="Weight dtype: float32, bfloat16 (float16 on GPU). Default: "
                         "float32 on CPU, bfloat16 on GPU.")
 DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
+Int8Opt = typer.Option(False, "--int8", help="Keep the decoder's linear layers as int8 (one scale per row): "
+                       "a quarter of fp32's memory, faster decoding on CPU, outputs drift slightly.")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class ModelChoice:
     checkpoint: Path | None
     dtype: str | None = None
     device: str | None = None
+    mode: str = "full"  # "understanding": ask loads neither the generation expert nor the VAE
+    int8: bool = False
 
     @property
     def folder(self) -> Path:
@@ -48,7 +52,8 @@ class ModelChoice:
     def load(self):  # noqa: ANN201 - UniMedVL
         from unimedvl.inference.engine import UniMedVL
 
-        return UniMedVL.from_pretrained(self.folder, dtype=self.dtype, device=self.device)
+        return UniMedVL.from_pretrained(self.folder, dtype=self.dtype, device=self.device, mode=self.mode,
+                                        quantize="int8" if self.int8 else None)
 
 
 def progress(label: str) -> Callable[[int, int], None]:

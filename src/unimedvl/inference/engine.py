@@ -130,6 +130,7 @@ class UniMedVL:
         self.load_reports = loaded.reports
         self.image_config = image_config or loaded.image_config
         self.think_trained = loaded.think_trained
+        self.load_mode, self.quantize = loaded.mode, loaded.quantize
         self._warned_sizes: set[tuple[int, int]] = set()
         sizes, patch, cell = self.image_config, self.config.vit.patch_size, self.config.latent_downsample
         self.vqa_vit_rule = ResizeRule.from_bounds(sizes.understanding_vit, patch)
@@ -181,6 +182,9 @@ class UniMedVL:
         return out
 
     def _require_vae(self) -> None:
+        if self.load_mode == "understanding":
+            raise InputError("this model was loaded for understanding only (no generation expert, no VAE); "
+                             "load it in full mode to generate or edit images")
         if self.vae is None:
             raise InputError("this checkpoint has no ae.safetensors, so it cannot generate or edit images")
 
@@ -219,10 +223,12 @@ class UniMedVL:
     @torch.no_grad()
     def generate_text(self, context: KVCache, options: TextOptions | None = None, *,
                       generator: torch.Generator | None = None,
-                      on_logits: Callable[[torch.Tensor], None] | None = None) -> Answer:
+                      on_logits: Callable[[torch.Tensor], None] | None = None,
+                      on_token: Callable[[int], None] | None = None) -> Answer:
         """Decode from `<|im_start|>` after `context` until `<|im_end|>` or `max_new_tokens` tokens.
 
         The context itself is not extended (decoding runs on a fork, as the reference deep-copies).
+        `on_token` is called with every sampled id as it is chosen (the closing `<|im_end|>` included).
         """
         options = options or TextOptions()
         self._check_context(context, options.max_new_tokens + 1, f"max_new_tokens={options.max_new_tokens}")
@@ -236,6 +242,8 @@ class UniMedVL:
             if on_logits is not None:
                 on_logits(logits[-1])
             token = self._sample_next(logits, options, generator)
+            if on_token is not None:
+                on_token(token)
             if token == self.special.eos:
                 finished = True
                 break
@@ -255,7 +263,8 @@ class UniMedVL:
 
     @torch.no_grad()
     def ask(self, images: ImageLike | Sequence[ImageLike], question: str, *, think: bool = False,
-            options: TextOptions | None = None, seed: int | None = None, **text_options: object) -> Answer:
+            options: TextOptions | None = None, seed: int | None = None,
+            on_token: Callable[[int], None] | None = None, **text_options: object) -> Answer:
         """Answer a question (or write a report) about one or more images.
 
         Args:
@@ -264,6 +273,7 @@ class UniMedVL:
             think: prefill the reference's reasoning system prompt first; `Answer.thinking` holds it.
             options / text_options: :class:`TextOptions` (max_new_tokens, do_sample, temperature, top_p).
             seed: makes sampling reproducible.
+            on_token: called with each generated token id as it is chosen (streaming, timing).
         """
         _check_prompt(question, "question")
         options = options or TextOptions(**text_options)  # type: ignore[arg-type]
@@ -277,7 +287,7 @@ class UniMedVL:
         for image in pil_images:
             self.add_image(ctx, image, vae=False, vit=True, vit_rule=self.vqa_vit_rule)
         self.add_text(ctx, question)
-        return self.generate_text(ctx, options, generator=self._generator(seed))
+        return self.generate_text(ctx, options, generator=self._generator(seed), on_token=on_token)
 
     # ------------------------------------------------------------ images
     @torch.no_grad()

@@ -6,7 +6,7 @@ Counts are grouped by the released checkpoint's key names, so `total` is the num
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ class ModelSize:
     total: int
     vae: int
     kv_bytes_per_token_bf16: int
+    modes: dict[str, int] = field(default_factory=dict)  # "understanding int8" -> bytes of weights loaded
 
     def lines(self) -> list[str]:
         out = [f"{name:<36} {count:>16,}  ({_human(count)})" for name, count in self.groups.items()]
@@ -39,6 +40,8 @@ class ModelSize:
         out.append(f"total with VAE: {_human(self.total + self.vae)} parameters")
         for label, nbytes in (("float32", 4), ("bfloat16", 2), ("float16", 2)):
             out.append(f"memory {label:<8}: {_gib(self.total * nbytes)} weights + {_gib(self.vae * nbytes)} VAE")
+        for label, nbytes in self.modes.items():
+            out.append(f"mode {label}: {_gib(nbytes)}")
         out.append(f"KV cache: {self.kv_bytes_per_token_bf16:,} bytes/token in bf16, "
                    f"{2 * self.kv_bytes_per_token_bf16:,} in fp32 (CPU)")
         return out
@@ -64,8 +67,38 @@ def model_size(config: UnifiedConfig) -> ModelSize:
         raise AssertionError(f"ungrouped keys: {sorted(remaining)[:5]}")
     llm = config.llm
     kv = llm.num_hidden_layers * 2 * llm.num_key_value_heads * llm.head_dim * 2
-    return ModelSize(groups=groups, total=sum(sizes.values()),
-                     vae=sum(p.numel() for p in vae.state_dict().values()), kv_bytes_per_token_bf16=kv)
+    vae_count = sum(p.numel() for p in vae.state_dict().values())
+    return ModelSize(groups=groups, total=sum(sizes.values()), vae=vae_count, kv_bytes_per_token_bf16=kv,
+                     modes=mode_bytes(config, vae_count))
+
+
+def mode_bytes(config: UnifiedConfig, vae_count: int) -> dict[str, int]:
+    """Weight bytes each load mode and storage holds (`load_checkpoint(mode=..., quantize=..., dtype=...)`).
+
+    int8 keeps the decoder's linear layers as int8 plus one fp32 scale per row, the rest in bf16;
+    the VAE (full mode only) stays fp32 on CPU, so it counts 4 bytes a value in every row.
+    """
+    import re
+
+    from unimedvl.checkpoint.folder import GENERATION_ONLY
+    from unimedvl.model.layers import Int8Linear, quantize_linears
+
+    model = build_model(config)
+    quantize_linears(model.language_model, lambda name: True)
+    scales = {f"language_model.{n}.weight": m.out_features for n, m in model.language_model.named_modules()
+              if isinstance(m, Int8Linear)}
+    out = {}
+    for mode in ("full", "understanding"):
+        kept = {k: v for k, v in model.state_dict().items()
+                if mode == "full" or not any(re.search(p, k) for p in GENERATION_ONLY)}
+        vae = vae_count * 4 if mode == "full" else 0
+        for storage in ("float32", "bfloat16", "int8"):
+            if storage == "int8":
+                weights = sum(v.numel() + 4 * scales[k] if k in scales else 2 * v.numel() for k, v in kept.items())
+            else:
+                weights = sum(v.numel() for v in kept.values()) * (4 if storage == "float32" else 2)
+            out[f"{mode} {storage}"] = weights + vae
+    return out
 
 
 def weights_file_summary(files: list) -> str:

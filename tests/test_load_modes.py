@@ -1,0 +1,57 @@
+"""Understanding-only and int8 loading (issue 14): less memory, the same (or nearly the same) answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from unimedvl.assets import REFERENCE_TINY
+from unimedvl.checkpoint.folder import load_checkpoint
+from unimedvl.errors import ConfigError, InputError
+from unimedvl.inference.engine import UniMedVL
+from unimedvl.model.layers import Int8Linear
+
+SHIPPED = REFERENCE_TINY.parent / "unimedvl-tiny"
+
+
+def _prefill_logits(model, ids: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    with torch.no_grad():
+        return model.logits(model.prefill_text(model.new_cache(), ids))
+
+
+def test_understanding_only_leaves_generation_unallocated_and_answers_the_same(cxr_path: Path) -> None:
+    full = UniMedVL.from_pretrained(SHIPPED)
+    lean = UniMedVL.from_pretrained(SHIPPED, mode="understanding")
+    generation = [p for n, p in lean.model.named_parameters() if "_moe_gen" in n or n.startswith("llm2vae")]
+    assert generation and all(p.is_meta for p in generation) and lean.vae is None
+    assert lean.load_reports[0].skipped > 0 and "left out by the load mode" in lean.load_reports[0].format()
+    question = "Is there pneumonia?"
+    assert lean.ask([cxr_path], question).text == full.ask([cxr_path], question).text
+    ids = torch.arange(5, 40)
+    assert torch.equal(_prefill_logits(lean.model, ids), _prefill_logits(full.model, ids))
+    with pytest.raises(InputError, match="loaded for understanding only"):
+        lean.generate("A chest X-ray.", height=64, width=64)
+
+
+def test_int8_keeps_decoder_linears_int8_and_drifts_little(cxr_path: Path) -> None:
+    fp32 = load_checkpoint(SHIPPED).model
+    int8 = load_checkpoint(SHIPPED, mode="understanding", quantize="int8").model
+    quantized = [m for m in int8.language_model.modules() if isinstance(m, Int8Linear)]
+    assert quantized and all(m.weight.dtype == torch.int8 for m in quantized if not m.weight.is_meta)
+    ids = torch.arange(5, 60)
+    ref, out = _prefill_logits(fp32, ids), _prefill_logits(int8, ids)
+    drift = float((out - ref).norm() / ref.norm())
+    assert drift < 0.05, drift
+    agreement = float((out.argmax(-1) == ref.argmax(-1)).float().mean())
+    assert agreement > 0.9, agreement
+    answer = UniMedVL.from_pretrained(SHIPPED, mode="understanding", quantize="int8").ask([cxr_path], "Is there pneumonia?")
+    assert answer.text.strip() in ("Yes.", "No.")
+
+
+def test_bad_modes_are_named() -> None:
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        load_checkpoint(SHIPPED, mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="quantize must be"):
+        load_checkpoint(SHIPPED, quantize="int4")  # type: ignore[arg-type]
