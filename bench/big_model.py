@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from lm import read_bandwidth_gbs  # bench/ is on the path when a script there runs
 
 from unimedvl.assets import REFERENCE_TINY, SAMPLES
 from unimedvl.config import UnifiedConfig
@@ -89,17 +90,6 @@ def write_random_checkpoint(folder: Path) -> int:
     (folder / "ema.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total * 2},
                                                                    "weight_map": weight_map}))
     return total
-
-
-def read_bandwidth_gbs() -> float:
-    x = torch.ones(256 << 20)
-    x.sum()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best / 1e9
 
 
 def main() -> None:

@@ -15,12 +15,14 @@ Needs `pip install '.[bench]'` (transformers). A benchmark, not a test; run it a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
 from pathlib import Path
 
 import torch
+from bench_model import matmul_peak_gflops  # bench/ is on the path when a script there runs
 
 from unimedvl.assets import REFERENCE_TINY
 from unimedvl.checkpoint.folder import load_checkpoint
@@ -29,13 +31,6 @@ from unimedvl.model.builder import build_model
 
 DECODE_STEPS = 32
 SHIPPED = REFERENCE_TINY.parent / "unimedvl-tiny"
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def read_bandwidth_gbs(megabytes: int = 1024, repeats: int = 5) -> float:
@@ -137,8 +132,6 @@ def hf_prefill(peer, ids: torch.Tensor):  # noqa: ANN001, ANN201
 
 @torch.no_grad()
 def hf_decode(peer, cache, token: torch.Tensor, steps: int) -> None:  # noqa: ANN001
-    import copy
-
     cache = copy.deepcopy(cache)  # each run decodes from the same prefix, as ours does through fork()
     for _ in range(steps):
         out = peer(input_ids=token[None], past_key_values=cache, use_cache=True)
@@ -177,11 +170,7 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
         token = ids[-1:]
         for _ in range(max(2, r)):
             times["ours_decode"].append(_timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
-            start = time.perf_counter()
-            import copy
-
-            copy.deepcopy(hf_cache)
-            copy_s = time.perf_counter() - start  # the peer's cache copy is ours' fork(): not decode time
+            copy_s = _timed(lambda: copy.deepcopy(hf_cache))  # the peer's cache copy is ours' fork(): not decode time
             times["hf_decode"].append(_timed(lambda: hf_decode(peer, hf_cache, token, DECODE_STEPS)) - copy_s)
         best = {k: min(v) for k, v in times.items()}
         limit = bandwidth * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2)

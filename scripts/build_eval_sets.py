@@ -155,7 +155,7 @@ def train_judge(corpus: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kermany", type=Path, required=True,
-                        help="the Kermany training split at 224 px (e.g. ../shared/data/cxr-pneumonia-kermany-224-train)")
+                        help="a folder holding the Kermany training split at 224 px (CC BY 4.0; only needed to rebuild the bundled sets)")
     parser.add_argument("--judge", type=Path, default=None,
                         help="also train the judge / proxy feature extractor on this built corpus (the v1 corpus: "
                              "`unimedvl data build recipes/unimedvl-tiny/corpus.yaml`) into assets/judge/")
