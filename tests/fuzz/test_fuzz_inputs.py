@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import cases
-from fuzz_helpers import JSON_VALUES, mutated
+from fuzz_helpers import JSON_VALUES, cases, mutated
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 from PIL import Image
