@@ -49,6 +49,29 @@ def test_ask_single_and_batch(tmp_path: Path, capsys, cxr_path: Path, mri_path: 
     assert "question is empty" in records[4]["error"]
 
 
+def test_ask_and_edit_read_dicom_and_nifti(tmp_path: Path, capsys) -> None:
+    """Issue 15: `ask scan.dcm` and `edit volume.nii.gz --slice N` through the one medical image reader."""
+    import nibabel
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    assert main(["ask", ct, "-q", "What imaging modality is this?", "--window", "lung", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip()
+    volume = np.random.default_rng(0).normal(100, 20, (48, 48, 30)).astype(np.float32)
+    volume[10:30, 10:30, 20:] += 300
+    path = tmp_path / "brain.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), path)
+    assert main(["ask", str(path), "-q", "What imaging modality is this?", "--slice", "25", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip()
+    out = tmp_path / "edited.png"
+    assert main(["edit", str(path), "Increase the resolution 2 times.", "--slice", "25", "-o", str(out),
+                 "--steps", "3"]) == 0
+    assert Image.open(out).size[0] >= 48
+    assert main(["ask", str(path), "-q", "hi", "--slice", "30"]) == 2
+    assert "slice 30 requested, the volume has 30 along axis 2" in capsys.readouterr().err
+
+
 def test_generate_and_edit_write_images(tmp_path: Path, capsys, mri_path: Path, fixture_dir: Path) -> None:
     out = tmp_path / "gen.png"
     assert main(["generate", "A chest X-ray with pneumonia.", "-o", str(out), "--height", "32", "--width", "64",
@@ -146,6 +169,9 @@ def test_the_python_entry_point_reports_usage_errors_the_same_way() -> None:
         (["edit", "/no/image.png", "x"], "image file not found"),
         (["edit", "{mri}", "x", "-o", "edited.tiff"], "--out must end in .png"),
         (["ask", "/no/image.png", "-q", "hi"], "image file not found"),
+        (["ask", "{ct}", "-q", "hi", "--window", "lungs"], "--window: unknown window 'lungs'"),
+        (["ask", "{ct}", "-q", "hi", "--slice", "3"], "frame 3 requested, the file has 1"),
+        (["edit", "{ct}", "x", "--axis", "5"], "axis must be 0, 1 or 2"),
         (["demo", "--steps", "1"], "num_timesteps must be an integer in [2, 1000]"),
         (["data", "transform", "/no/corpus", "--out", "x", "--teacher", "local:/no/model"], "is not a built corpus"),
     ],
@@ -161,7 +187,10 @@ def test_inputs_and_outputs_are_checked_before_a_model_loads(argv: list[str], me
     monkeypatch.setattr(ModelChoice, "load", refuse)
     monkeypatch.setattr(UniMedVL, "from_pretrained", refuse)
     monkeypatch.chdir(tmp_path)
-    assert main([a.replace("{mri}", str(mri_path)) for a in argv]) == 2
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    assert main([a.replace("{mri}", str(mri_path)).replace("{ct}", ct) for a in argv]) == 2
     assert message in capsys.readouterr().err
 
 

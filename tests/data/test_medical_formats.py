@@ -76,7 +76,7 @@ def test_nifti_slices(tmp_path: Path) -> None:
 
 
 def test_ct_window_presets() -> None:
-    from unimedvl.data.sources.volumes import CT_WINDOWS, window
+    from unimedvl.imaging.intensity import CT_WINDOWS, window
 
     hu = np.array([[-1350.0, -600.0, 0.0, 40.0, 150.0, 240.0]])
     lung = window(hu, *CT_WINDOWS["lung"])  # centre -600, width 1500

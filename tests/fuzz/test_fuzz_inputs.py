@@ -264,3 +264,25 @@ def test_tokenizer_input(tokenizer, parts: list[str]) -> None:
     control = set(tokenizer.backend.get_added_tokens_decoder())
     assert not control & set(ids)  # typed text never becomes a control token
     assert tokenizer.decode(ids) in (text, unicodedata.normalize("NFC", text))
+
+
+READ_OPTIONS = st.builds(lambda window, index, axis: (window, index, axis),
+                         st.none() | st.sampled_from(["lung", "bone"]) | st.tuples(st.floats(-2000, 2000), st.floats(1, 4000)),
+                         st.none() | st.integers(0, 30), st.sampled_from([0, 1, 2]))
+
+
+@cases(1500)
+@given(data=st.one_of(mutated(DICOM), mutated(NIFTI), mutated(PNG16), mutated(NIFTI).map(__import__("gzip").compress)),
+       read=READ_OPTIONS, hint=st.sampled_from([None, "dicom", "nifti"]))
+def test_medical_reader_bytes(data: bytes, read: tuple, hint: str | None) -> None:
+    """The reader used by the CLI and the HTTP API, on damaged bytes: a picture or an InputError, nothing else."""
+    from unimedvl.imaging.reader import ReadOptions, read_medical_image
+
+    window, index, axis = read
+    try:
+        scan = read_medical_image(data, options=ReadOptions(window=window, slice_index=index, axis=axis), format=hint)
+    except UnimedvlError:
+        event("refused")
+        return
+    event(f"read {scan.format}")
+    assert scan.image.mode == "RGB" and min(scan.image.size) >= 1

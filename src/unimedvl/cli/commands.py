@@ -9,11 +9,24 @@ from typing import List, Optional
 
 import typer
 
-from unimedvl.cli.options import CheckpointOpt, DeviceOpt, DtypeOpt, Int8Opt, ModelChoice, progress, with_guidance
+from unimedvl.cli.options import (
+    AxisOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    DtypeOpt,
+    Int8Opt,
+    ModelChoice,
+    SliceOpt,
+    WindowOpt,
+    progress,
+    read_options,
+    with_guidance,
+)
 
 
 def ask(
-    images: List[Path] = typer.Argument(None, help="Image file(s) to ask about."),
+    images: List[Path] = typer.Argument(None, help="Image file(s) to ask about: PNG, JPEG, WebP (8 or 16 bit), "
+                                        "DICOM or NIfTI."),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="The question or report request."),
     batch: Optional[Path] = typer.Option(None, "--batch", help='JSONL file of {"image": path|[paths], '
                                          '"question": text} lines, answered with one loaded model.'),
@@ -26,6 +39,7 @@ def ask(
     seed: Optional[int] = typer.Option(None, help="Seed for sampling."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     int8: bool = Int8Opt,
+    slice_index: Optional[int] = SliceOpt, axis: int = AxisOpt, window: Optional[str] = WindowOpt,
 ) -> None:
     """Answer a question or write a report about medical images (loads the understanding path only)."""
     from unimedvl.errors import InputError
@@ -37,7 +51,8 @@ def ask(
     if batch is None:
         if question is None:
             raise InputError("give --question (or --batch FILE.jsonl)")
-        pictures = [load_image(p) for p in images or []]  # bad images are refused before the model loads
+        reading = read_options(slice_index, axis, window)
+        pictures = [load_image(p, options=reading) for p in images or []]  # refused before the model loads
         print(choice.load().ask(pictures, question, think=think, options=options, seed=seed).text)
         return
     if images or question:
@@ -91,7 +106,7 @@ def generate(
 
 @with_guidance("edit")
 def edit(
-    image: Path = typer.Argument(..., help="Input image."),
+    image: Path = typer.Argument(..., help="Input image: PNG, JPEG, WebP (8 or 16 bit), DICOM or NIfTI."),
     instruction: str = typer.Argument(..., help="Edit instruction, e.g. 'Convert this H&E stain to HER2 IHC.'"),
     out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="Output image file (.png, .jpg, .webp)."),
     seed: int = typer.Option(0, help="Seed of the initial noise."),
@@ -103,6 +118,7 @@ def edit(
     height: Optional[int] = typer.Option(None, help="Output height (default: the input's, sized for the model)."),
     width: Optional[int] = typer.Option(None, help="Output width (default: the input's, sized for the model)."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    slice_index: Optional[int] = SliceOpt, axis: int = AxisOpt, window: Optional[str] = WindowOpt,
     *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
 ) -> None:
     """Edit an image following a text instruction (text and image guidance)."""
@@ -110,7 +126,7 @@ def edit(
     from unimedvl.inference.engine import check_generation_size
 
     output_format(out)
-    source = load_image(image)  # a bad image is refused before the model loads
+    source = load_image(image, options=read_options(slice_index, axis, window))  # refused before the model loads
     if (height is None) != (width is None):
         raise typer.BadParameter("give both --height and --width, or neither")
     choice = ModelChoice(checkpoint, dtype, device)

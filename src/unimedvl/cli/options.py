@@ -18,6 +18,25 @@ DtypeOpt = typer.Option(None, "--dtype", help="Weight dtype: float32, bfloat16 (
 DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 Int8Opt = typer.Option(False, "--int8", help="Keep the decoder's linear layers as int8 (one scale per row): "
                        "a quarter of fp32's memory, faster decoding on CPU, outputs drift slightly.")
+SliceOpt = typer.Option(None, "--slice", help="DICOM / NIfTI: the frame or slice to read (default: the middle one).")
+AxisOpt = typer.Option(2, "--axis", help="NIfTI: slicing axis after canonical reorientation (0 sagittal, "
+                       "1 coronal, 2 axial).")
+WindowOpt = typer.Option(None, "--window", help="DICOM / NIfTI: display window, a CT preset (lung, mediastinum, "
+                         "soft_tissue, bone, brain, abdomen) or CENTER,WIDTH. Default: the file's own, else the "
+                         "modality's rule.")
+
+
+def read_options(slice_index: int | None, axis: int, window: str | None):  # noqa: ANN201
+    """The reader's options from the CLI flags (checked before any model loads)."""
+    from unimedvl.errors import InputError
+    from unimedvl.imaging.intensity import parse_window
+    from unimedvl.imaging.reader import ReadOptions
+
+    try:
+        parsed = None if window is None else parse_window(window)
+    except ValueError as exc:
+        raise InputError(f"--window: {exc}") from None
+    return ReadOptions(window=parsed, slice_index=slice_index, axis=axis)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Image input/output: paths, PIL images or arrays in; `[3, H, W]` tensors in [-1, 1] and back.
 
-* :func:`load_image` turns a path, PIL image or numpy array into an RGB PIL image, with clear
-  errors for missing, unreadable, truncated or oversized files.
+* :func:`load_image` turns a path, bytes, PIL image or numpy array into an RGB PIL image (files
+  through the medical image reader), with clear errors for missing, unreadable, truncated or
+  oversized files.
 * :func:`to_tensor` / :func:`to_uint8` convert between PIL and `[3, H, W]` float in [-1, 1].
 """
 
@@ -15,23 +16,9 @@ import torch
 from PIL import Image
 
 from unimedvl.errors import InputError
+from unimedvl.imaging.reader import DEFAULT_MAX_IMAGE_PIXELS, ReadOptions, picture_to_rgb, read_medical_image
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
-
-DEFAULT_MAX_IMAGE_PIXELS = 20_000_000  # the reference refuses images above 20 MP
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
+ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -50,38 +37,27 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array)
 
 
-def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Read an image as RGB. Raises :class:`InputError` naming the file and the problem."""
+def load_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               options: ReadOptions | None = None) -> Image.Image:
+    """Read an image as 8-bit RGB. Raises :class:`InputError` naming the file and the problem.
+
+    Paths and bytes go through the one medical image reader (`imaging/reader.py`): PNG / JPEG /
+    WebP in 8 or 16 bit, DICOM and NIfTI, with `options` choosing the slice, frame or window.
+    """
     if isinstance(source, Image.Image):
         image, name = source, "image"
     elif isinstance(source, np.ndarray):
         image, name = _from_array(source), "image array"
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise InputError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                w, h = opened.size
-                if w * h > max_pixels:
-                    raise InputError(f"{path}: {w}x{h} image has more than {max_pixels:,} pixels")
-                opened.load()  # truncated files raise here (PIL's LOAD_TRUNCATED_IMAGES stays off)
-                image = opened.copy()
-        except InputError:
-            raise
-        except Image.DecompressionBombError:
-            raise InputError(f"{path}: image is too large to decode safely") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"{path}: cannot read image ({exc})") from None
+    elif isinstance(source, (str, Path, bytes)):
+        return read_medical_image(source, options=options, max_pixels=max_pixels).image
     else:
-        raise InputError(f"expected an image path, PIL image or numpy array, got {type(source).__name__}")
+        raise InputError(f"expected an image path, bytes, PIL image or numpy array, got {type(source).__name__}")
     w, h = image.size
     if w * h > max_pixels:
         raise InputError(f"{name}: {w}x{h} image has more than {max_pixels:,} pixels")
     if w < 1 or h < 1:
         raise InputError(f"{name}: empty image")
-    return _to_rgb(image)
+    return picture_to_rgb(image)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

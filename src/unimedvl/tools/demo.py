@@ -66,7 +66,7 @@ def run_demo(model: UniMedVL, out: Path, *, steps: int = 20, size: int | None = 
         save_image(image, out / f"generated_{index}.png")
     save_image(edited, out / "edited_mri.png")
 
-    rows = "".join(f"<tr><td><img src='{_thumbnail(Image.open(SAMPLES / a['image']))}'></td>"
+    rows = "".join(f"<tr><td><img src='{_thumbnail(load_image(SAMPLES / a['image']))}'></td>"
                    f"<td>{html.escape(a['question'])}</td><td>{html.escape(a['answer'])}</td></tr>"
                    for a in report["answers"])  # type: ignore[union-attr]
     gens = "".join(f"<figure><img src='{_thumbnail(g)}'><figcaption>{html.escape(p)}</figcaption></figure>"

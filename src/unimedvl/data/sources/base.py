@@ -176,16 +176,15 @@ def image_ref_from_bytes(data: bytes, name: str) -> ImageRef:
 
 
 def pil_to_uint8(image: Image.Image) -> Image.Image:
-    """8-bit L or RGB view of any PIL image; 16-bit / float greys are stretched between their 0.5 and 99.5 percentiles."""
+    """8-bit L or RGB view of any PIL image; 16-bit / float greys by the reader's display rule (`imaging/intensity.py`)."""
     import numpy as np
+
+    from unimedvl.imaging.intensity import grey_to_uint8
 
     if image.mode in ("L", "RGB"):
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        lo, hi = np.percentile(array, [0.5, 99.5]) if array.size else (0.0, 1.0)
-        hi = hi if hi > lo else lo + 1.0
-        return Image.fromarray(((np.clip(array, lo, hi) - lo) / (hi - lo) * 255 + 0.5).astype(np.uint8))
+        return Image.fromarray(grey_to_uint8(np.asarray(image, dtype=np.float32), None))
     return image.convert("RGB")
 
 

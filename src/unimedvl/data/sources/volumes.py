@@ -1,7 +1,8 @@
 """DICOM series and NIfTI volumes -> de-identified 8-bit slices.
 
-DICOM: files are grouped by series, ordered by position, the modality LUT is applied (CT in HU),
-then a display window (CT presets, MR percentiles, VOI LUT for radiographs, MONOCHROME1 inverted).
+DICOM: files are grouped by series, ordered by position; each slice is displayed by the one
+medical image reader's rules (`imaging/reader.py`: modality LUT, CT window preset, MR percentiles,
+VOI LUT for radiographs, MONOCHROME1 inverted).
 No patient identifier reaches a record: the group is a salted hash of PatientID, keys are hashes,
 and provenance keeps only the vetted technical tags of `imaging/dicom_tags.py`. A series whose
 header says its pixels carry burned-in annotation is refused (the text would be in the image).
@@ -16,31 +17,14 @@ import numpy as np
 
 from unimedvl.data.sources.base import Adapter, RawRecord, RecordError, encode_png, register
 from unimedvl.imaging.dicom_tags import technical_tags
-
-CT_WINDOWS = {"lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0), "soft_tissue": (40.0, 400.0),
-              "bone": (400.0, 1800.0), "brain": (40.0, 80.0), "abdomen": (50.0, 400.0)}
-DICOM_MODALITY = {"CT": "ct", "MR": "mri", "US": "ultrasound", "CR": "chest_xray", "DX": "chest_xray",
-                  "OCT": "oct", "OP": "fundus", "SM": "histopathology", "ES": "endoscopy"}
-
+from unimedvl.imaging.intensity import DEFAULT_CT_WINDOW, grey_to_uint8
+from unimedvl.imaging.reader import DICOM_MODALITY, dicom_display, nifti_slice
 
 MAX_SLICE_SIDE = 8192  # larger planes are a damaged header, not a scan
 
 
 def pseudonym(value: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}\x1f{value}".encode()).hexdigest()[:16]
-
-
-def window(array: np.ndarray, center: float, width: float) -> np.ndarray:
-    lo, hi = center - width / 2, center + width / 2
-    return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 255.0 + 0.5).astype(np.uint8)
-
-
-def percentile_normalise(array: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    values = array[array != 0] if np.any(array != 0) else array.reshape(-1)
-    lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 255.0 + 0.5).astype(np.uint8)
 
 
 def select_slices(count: int, how: Any) -> list[int]:
@@ -55,24 +39,8 @@ def select_slices(count: int, how: Any) -> list[int]:
 
 
 def _display(ds: Any, frame: np.ndarray, modality: str, options: dict[str, Any]) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    if frame.ndim == 3 and frame.shape[-1] == 3:  # colour (ultrasound, photos)
-        return frame.astype(np.uint8) if frame.dtype == np.uint8 else percentile_normalise(frame, 0, 100)
-    values = apply_modality_lut(frame, ds).astype(np.float32)
-    if modality == "ct":
-        preset = options.get("window", "soft_tissue")
-        center, width = CT_WINDOWS[preset] if isinstance(preset, str) else preset
-        out = window(values, float(center), float(width))
-    elif modality == "mri":
-        out = percentile_normalise(values)
-    else:
-        if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            values = apply_voi_lut(values, ds).astype(np.float32)
-        out = percentile_normalise(values, 0.5, 99.5)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        out = 255 - out
-    return out
+    # The corpus windows CT with its configured preset (soft tissue unless the source says otherwise).
+    return dicom_display(ds, frame, modality, options.get("window", DEFAULT_CT_WINDOW) if modality == "ct" else None)
 
 
 @register("dicom")
@@ -188,13 +156,12 @@ class NiftiVolumes(Adapter):
         modality = self.config.modality or "mri"
         records = []
         for index in select_slices(data.shape[axis], self.config.options.get("slices", "middle")):
-            plane = np.rot90(np.take(data, index, axis=axis))
-            if modality == "ct":
-                center, width = CT_WINDOWS.get(self.config.options.get("window", "soft_tissue"), (40.0, 400.0))
-                pixels = window(plane, center, width)
-            else:
-                pixels = percentile_normalise(plane)
-            records.append(self.record(f"{key}/{index}", images=[encode_png(np.ascontiguousarray(pixels))],
+            plane = nifti_slice(data, axis, index)
+            try:
+                pixels = grey_to_uint8(plane, modality, self.config.options.get("window") if modality == "ct" else None)
+            except ValueError as exc:  # an unknown window preset or a malformed [center, width]
+                raise RecordError(f"volume {key}: {exc}") from None
+            records.append(self.record(f"{key}/{index}", images=[encode_png(pixels)],
                                        group=key, provenance={"axis": axis, "slice": index,
                                                               "shape": list(data.shape),
                                                               "zooms": [float(z) for z in volume.header.get_zooms()[:3]]}))
