@@ -84,6 +84,20 @@ class TextOptions:
 
 
 @dataclass
+class DecodeState:
+    """One request being decoded: its own context (a fork), options, sampler and the tokens so far."""
+
+    context: KVCache
+    options: TextOptions
+    generator: torch.Generator | None
+    on_token: Callable[[int], None] | None
+    token: int  # the last token fed (or to feed next)
+    ids: list[int] = field(default_factory=list)
+    finished: bool = False  # stopped at <|im_end|>
+    done: bool = False  # finished, or max_new_tokens reached
+
+
+@dataclass
 class GenerationTrace:
     """Optional record of a sampling run (for parity checks and debugging)."""
 
@@ -220,6 +234,52 @@ class UniMedVL:
             probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
         return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
+    def start_decoding(self, context: KVCache, options: TextOptions | None = None, *,
+                       generator: torch.Generator | None = None,
+                       on_token: Callable[[int], None] | None = None) -> "DecodeState":
+        """Begin decoding after `context` (on a fork: the context itself is not extended).
+
+        Advance one or many states with :meth:`decode_together`; the server decodes all its running
+        requests that way, one forward per token for all of them.
+        """
+        options = options or TextOptions()
+        self._check_context(context, options.max_new_tokens + 1, f"max_new_tokens={options.max_new_tokens}")
+        ctx = context.fork()
+        ctx.reserve(options.max_new_tokens + 1)
+        return DecodeState(ctx, options, generator, on_token, token=self.special.bos)
+
+    @torch.no_grad()
+    def decode_together(self, states: Sequence["DecodeState"],
+                        on_logits: Callable[[torch.Tensor], None] | None = None) -> None:
+        """One token for every unfinished state, in one forward (a single state takes the matrix-vector path)."""
+        active = [s for s in states if not s.done]
+        if not active:
+            return
+        tokens = torch.tensor([s.token for s in active])
+        if len(active) == 1:
+            logits = self.model.decode_step(active[0].context, tokens)
+        else:
+            logits = self.model.decode_batch([s.context for s in active], tokens)
+        for row, state in enumerate(active):
+            if on_logits is not None:
+                on_logits(logits[row])
+            token = self._sample_next(logits[row:row + 1], state.options, state.generator)
+            state.token = token
+            if state.on_token is not None:
+                state.on_token(token)
+            if token == self.special.eos:
+                state.finished = state.done = True
+            else:
+                state.ids.append(token)
+                state.done = len(state.ids) >= state.options.max_new_tokens
+
+    def answer(self, state: "DecodeState") -> Answer:
+        """The text decoded so far by `state`."""
+        text = self.tokenizer.decode(state.ids)
+        match = _THINK_RE.search(text)
+        return Answer(text=text, token_ids=list(state.ids), finished=state.finished,
+                      thinking=match.group(1).strip() if match else None)
+
     @torch.no_grad()
     def generate_text(self, context: KVCache, options: TextOptions | None = None, *,
                       generator: torch.Generator | None = None,
@@ -230,28 +290,23 @@ class UniMedVL:
         The context itself is not extended (decoding runs on a fork, as the reference deep-copies).
         `on_token` is called with every sampled id as it is chosen (the closing `<|im_end|>` included).
         """
-        options = options or TextOptions()
-        self._check_context(context, options.max_new_tokens + 1, f"max_new_tokens={options.max_new_tokens}")
-        ctx = context.fork()
-        ctx.reserve(options.max_new_tokens + 1)
-        token = self.special.bos
-        ids: list[int] = []
-        finished = False
-        for _ in range(options.max_new_tokens):
-            logits = self.model.decode_step(ctx, torch.tensor([token]))
-            if on_logits is not None:
-                on_logits(logits[-1])
-            token = self._sample_next(logits, options, generator)
-            if on_token is not None:
-                on_token(token)
-            if token == self.special.eos:
-                finished = True
-                break
-            ids.append(token)
-        text = self.tokenizer.decode(ids)
-        match = _THINK_RE.search(text)
-        return Answer(text=text, token_ids=ids, finished=finished,
-                      thinking=match.group(1).strip() if match else None)
+        state = self.start_decoding(context, options, generator=generator, on_token=on_token)
+        while not state.done:
+            self.decode_together([state], on_logits=on_logits)
+        return self.answer(state)
+
+    @torch.no_grad()
+    def generate_text_batch(self, contexts: Sequence[KVCache], options: TextOptions | Sequence[TextOptions] | None = None,
+                            *, generators: Sequence[torch.Generator | None] | None = None) -> list[Answer]:
+        """Decode after several contexts at once (one forward per token for all of them)."""
+        option_list = list(options) if isinstance(options, Sequence) else [options or TextOptions()] * len(contexts)
+        generator_list = list(generators) if generators is not None else [None] * len(contexts)
+        if not len(option_list) == len(generator_list) == len(contexts):
+            raise InputError("give one options and one generator per context")
+        states = [self.start_decoding(c, o, generator=g) for c, o, g in zip(contexts, option_list, generator_list)]
+        while not all(s.done for s in states):
+            self.decode_together(states)
+        return [self.answer(s) for s in states]
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
@@ -275,9 +330,15 @@ class UniMedVL:
             seed: makes sampling reproducible.
             on_token: called with each generated token id as it is chosen (streaming, timing).
         """
-        _check_prompt(question, "question")
         options = options or TextOptions(**text_options)  # type: ignore[arg-type]
-        if isinstance(images, (str, Path, Image.Image)) or hasattr(images, "shape"):
+        ctx = self.ask_context(images, question, think=think)
+        return self.generate_text(ctx, options, generator=self._generator(seed), on_token=on_token)
+
+    @torch.no_grad()
+    def ask_context(self, images: ImageLike | Sequence[ImageLike], question: str, *, think: bool = False) -> KVCache:
+        """The context `ask` decodes after: (the reasoning prompt,) each image as a ViT block, the question."""
+        _check_prompt(question, "question")
+        if isinstance(images, (str, Path, bytes, Image.Image)) or hasattr(images, "shape"):
             images = [images]  # type: ignore[list-item]
         pil_images = [load_image(img) for img in images]  # type: ignore[union-attr]
         ctx = self.new_context()
@@ -287,7 +348,7 @@ class UniMedVL:
         for image in pil_images:
             self.add_image(ctx, image, vae=False, vit=True, vit_rule=self.vqa_vit_rule)
         self.add_text(ctx, question)
-        return self.generate_text(ctx, options, generator=self._generator(seed), on_token=on_token)
+        return ctx
 
     # ------------------------------------------------------------ images
     @torch.no_grad()

@@ -78,14 +78,21 @@ class KVCache:
     def _own_tail(self) -> None:
         # Another context sharing the store has committed past our end: copy our prefix away.
         if self.store.filled != self.length:
-            old = self.store
-            fresh = KVStore(old.num_layers, old.kv_heads, old.head_dim, dtype=old.dtype, device=old.device,
-                            capacity=max(self.length, 64))
-            for layer in range(old.num_layers):
-                fresh.keys[layer][:, : self.length] = old.keys[layer][:, : self.length]
-                fresh.values[layer][:, : self.length] = old.values[layer][:, : self.length]
-            fresh.filled = self.length
-            self.store = fresh
+            self.separate()
+
+    def separate(self, extra_tokens: int = 0) -> None:
+        """Copy this context's tokens into a store of its own (room for `extra_tokens` more).
+
+        Needed only when two forks of one context append in the same forward (batched decoding).
+        """
+        old = self.store
+        fresh = KVStore(old.num_layers, old.kv_heads, old.head_dim, dtype=old.dtype, device=old.device,
+                        capacity=max(self.length + extra_tokens, 64))
+        for layer in range(old.num_layers):
+            fresh.keys[layer][:, : self.length] = old.keys[layer][:, : self.length]
+            fresh.values[layer][:, : self.length] = old.values[layer][:, : self.length]
+        fresh.filled = self.length
+        self.store = fresh
 
     def open_block(self, num_tokens: int, *, commit: bool) -> "KVBlock":
         """Prepare one forward of `num_tokens` query tokens over this context; returns where it writes.

@@ -96,6 +96,7 @@ class BlockInputs:
     attn_mask: torch.Tensor | None  # [L, Lc + L] bool; None = every row sees every key (unless causal)
     cache: KVBlock | None  # None: a whole packed sequence (training) that attends only to itself
     causal: bool = False  # a causal text block over its cache: bottom-right causal, no mask materialised
+    row_caches: tuple[KVBlock, ...] | None = None  # batched decoding: row i is one token of its own context
 
 
 class MoTAttention(nn.Module):
@@ -126,10 +127,23 @@ class MoTAttention(nn.Module):
         v = v_proj(x).view(n, self.num_kv_heads, self.head_dim)
         return torch.cat([q, k, v], dim=1)  # [n, Hq + 2*Hkv, D]
 
+    def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: tuple[KVBlock, ...]
+                     ) -> torch.Tensor:
+        """Batched decoding: row i's query attends to its own context's keys (projections were shared)."""
+        outs = []
+        for i, block in enumerate(rows):
+            k_all, v_all = block.layer_kv(self.layer_idx, k[i:i + 1], v[i:i + 1])
+            outs.append(F.scaled_dot_product_attention(
+                q[i:i + 1].transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
+                enable_gqa=self.num_heads != self.num_kv_heads)[0, :, 0])  # [Hq, D]
+        return torch.stack(outs).reshape(q.shape[0], -1)
+
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         qkv = inputs.routing.apply(x, lambda z: self._qkv(z, gen=False), lambda z: self._qkv(z, gen=True))
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+        if inputs.row_caches is not None:
+            return inputs.routing.apply(self._attend_rows(q, k, v, inputs.row_caches), self.o_proj, self.o_proj_moe_gen)
         if inputs.cache is None:  # a whole packed sequence (training): keys are the block itself
             k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
         else:
@@ -180,7 +194,8 @@ class Qwen2MoTModel(nn.Module):
 
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, *, gen_mask: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, cache: KVBlock | None = None,
-                checkpoint_layers: bool = False, causal: bool = False) -> torch.Tensor:
+                checkpoint_layers: bool = False, causal: bool = False,
+                row_caches: tuple[KVBlock, ...] | None = None) -> torch.Tensor:
         """Run one query block `[L, H]`; returns final-normed hidden states `[L, H]`.
 
         Args:
@@ -192,12 +207,17 @@ class Qwen2MoTModel(nn.Module):
                 whole packed sequence (training), which attends only to itself.
             checkpoint_layers: recompute each layer in backward (activation checkpointing, training).
             causal: the block is causal over [cached keys, block keys] (bottom-right); `attn_mask` must be None.
+            row_caches: batched decoding instead of `cache`: row i is one new token of the context `row_caches[i]`
+                (the weights are read once for every row; each row attends only to its own keys).
         """
         routing = Routing.from_mask(gen_mask)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, embeds.dtype)
         if causal and attn_mask is not None:
             raise ValueError("give a causal block or an attention mask, not both")
-        inputs = BlockInputs(routing, cos, sin, attn_mask, cache, causal=causal and embeds.shape[0] > 1)
+        if row_caches is not None and (cache is not None or attn_mask is not None or len(row_caches) != embeds.shape[0]):
+            raise ValueError("batched decoding takes one row cache per row and no block cache or mask")
+        inputs = BlockInputs(routing, cos, sin, attn_mask, cache, causal=causal and embeds.shape[0] > 1,
+                             row_caches=row_caches)
         x = embeds
         for layer in self.layers:
             if checkpoint_layers and torch.is_grad_enabled():

@@ -19,6 +19,7 @@ builds one block with the layout rules of `packing.py` and returns what the call
     prefill_vit_image(cache, pixels)  ViT image split, cached               -> ViT features
     prefill_vae_image(cache, latent)  clean VAE image split (t = 0), cached
     decode_step(cache, ids)           one token, cached                     -> logits [1, V]
+    decode_batch(caches, ids)         one token in each of B contexts       -> logits [B, V]
     velocity(cache, embeds)           noisy VAE image split, NOT cached     -> v [h*w, 64]
 
 Training runs a whole :class:`PackedBatch` (`packing.py`) through `forward`.
@@ -135,6 +136,27 @@ class UniMedVLModel(nn.Module):
     def decode_step(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
         """Feed one token `[1]`, append it to the cache, return next-token logits `[1, V]`."""
         return self.logits(self.prefill_text(cache, ids))
+
+    def decode_batch(self, caches: list[KVCache], ids: torch.Tensor) -> torch.Tensor:
+        """Feed token `ids[i]` to context `caches[i]` for every i in one forward; returns logits `[B, V]`.
+
+        Decoding is bound by reading the weights; here they are read once for all B rows. Two forks of
+        one context in the same batch would write the same rows: the later one gets its own copy first.
+        """
+        if len(caches) != ids.shape[0] or not caches:
+            raise ValueError(f"{len(caches)} contexts for {ids.shape[0]} tokens")
+        stores: set[int] = set()
+        for cache in caches:
+            cache.reserve(1)  # each context owns its tail before any row writes
+            if id(cache.store) in stores:
+                cache.separate(extra_tokens=64)
+            stores.add(id(cache.store))
+        positions = torch.tensor([c.rope for c in caches], device=self.device)
+        blocks = tuple(c.open_block(1, commit=True) for c in caches)
+        hidden = self.language_model.model(self.embed_ids(ids), positions, row_caches=blocks)
+        for cache in caches:
+            cache.commit(1, rope_advance(SplitKind.CAUSAL, 1))
+        return self.logits(hidden)
 
     def encode_vit(self, pixels: torch.Tensor) -> ImageBlockOutput:
         """`[3, H, W]` in [-1, 1], sides multiples of the patch size -> ViT features and LLM tokens."""
