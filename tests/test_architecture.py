@@ -22,7 +22,7 @@ LAYERS = {
     "model": 4, "data": 4,
     "checkpoint": 5,
     "inference": 6, "train": 6,
-    "eval": 7, "tools": 7,
+    "eval": 7, "tools": 7, "serve": 7,
     "cli": 8,
 }
 ROOT_MODULES = {"__init__.py", "__main__.py", "config.py", "errors.py"}

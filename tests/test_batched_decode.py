@@ -66,3 +66,13 @@ def test_forks_of_one_context_decode_together(tiny: UniMedVL, cxr_path: Path) ->
     assert torch.allclose(logits[1], tiny.model.decode_step(ctx.fork(), torch.tensor([2]))[0], atol=1e-4)
     answers = tiny.generate_text_batch([ctx, ctx], TextOptions(max_new_tokens=4))
     assert answers[0].token_ids == answers[1].token_ids == tiny.generate_text(ctx, TextOptions(max_new_tokens=4)).token_ids
+
+
+def test_min_new_tokens_holds_back_the_end(tiny: UniMedVL, cxr_path: Path) -> None:
+    ctx = tiny.ask_context([cxr_path], QUESTIONS[0])
+    short = tiny.generate_text(ctx, TextOptions(max_new_tokens=40))
+    assert short.finished and len(short.token_ids) < 20
+    long = tiny.generate_text(ctx, TextOptions(max_new_tokens=40, min_new_tokens=30))
+    assert len(long.token_ids) >= 30 and long.token_ids[:1] == short.token_ids[:1]
+    with pytest.raises(Exception, match="min_new_tokens"):
+        TextOptions(max_new_tokens=4, min_new_tokens=5)

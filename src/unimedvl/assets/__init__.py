@@ -9,6 +9,7 @@ REFERENCE_TINY = ASSETS / "reference-tiny"
 SAMPLES = ASSETS / "samples"
 SAMPLE_CORPUS_CONFIG = ASSETS / "sample_data" / "build.yaml"
 EVAL_SETS = ASSETS / "eval_sets"  # held-out evaluation sets (scripts/build_eval_sets.py)
+WEB = ASSETS / "web"  # the page `unimedvl serve` serves (index.html, app.js)
 JUDGE = ASSETS / "judge"  # the independent judge CNN / proxy feature extractor (eval/features.py)
 
 

@@ -1,6 +1,6 @@
 """Command line: one table of commands (:data:`COMMANDS`), each a thin wrapper over a library function.
 
-    unimedvl ask | generate | edit | info | demo | train
+    unimedvl ask | generate | edit | serve | info | demo | train
     unimedvl data build | transform | review | agreement
     unimedvl eval BENCHMARK | all | generation | counterfactual | edits | merge | pairs
 
@@ -41,6 +41,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("ask", commands.ask),
     Command("generate", commands.generate),
     Command("edit", commands.edit),
+    Command("serve", commands.serve),
     Command("info", commands.info),
     Command("demo", commands.demo),
     Command("train", commands.train, extra_args=True),

@@ -143,6 +143,34 @@ def edit(
     print(f"wrote {out} ({result.width}x{result.height}{resized}) in {time.perf_counter() - start:.1f} s")
 
 
+def serve(
+    checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless --api-key or --allow-remote)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="UNIMEDVL_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every API route "
+                                          "(or set UNIMEDVL_API_KEY)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Listen on a non-loopback address without a key."),
+    understanding_only: bool = typer.Option(False, "--understanding-only",
+                                            help="Load the understanding path only (no images drawn; less memory)."),
+    int8: bool = Int8Opt,
+    max_running: int = typer.Option(16, help="Text requests decoded together in one batch."),
+    max_queue: int = typer.Option(64, help="Requests waiting before new ones get 429."),
+    timeout: float = typer.Option(300.0, help="Seconds a request may take, queue included."),
+) -> None:
+    """Serve the model: OpenAI-compatible HTTP API (chat, images) and a web page at http://HOST:PORT/."""
+    from unimedvl.serve.run import serve as run_server
+    from unimedvl.serve.settings import ServerSettings, check_bind
+
+    settings = ServerSettings(api_key=api_key, max_running=max_running, max_queue=max_queue,
+                              request_timeout_s=timeout)
+    check_bind(host, api_key, allow_remote)  # refused before the model loads
+    choice = ModelChoice(checkpoint, dtype, device, mode="understanding" if understanding_only else "full", int8=int8)
+    model = choice.load()
+    print(f"serving {choice.label} on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+    run_server(model, settings, host=host, port=port, allow_remote=allow_remote)
+
+
 def info(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Read the configs of this folder."),
     config: Optional[str] = typer.Option(None, "--config", help="A preset instead: full or tiny."),

@@ -69,10 +69,13 @@ class TextOptions:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    min_new_tokens: int = 0  # `<|im_end|>` is not chosen before this many tokens (throughput benchmarks)
 
     def __post_init__(self) -> None:
         if not is_finite_number(self.max_new_tokens, integer=True) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise InputError(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens!r}")
+        if not is_finite_number(self.min_new_tokens, integer=True) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InputError(f"min_new_tokens must be an integer in [0, max_new_tokens], got {self.min_new_tokens!r}")
         for name in ("temperature", "top_p"):
             value = getattr(self, name)
             if not is_finite_number(value):
@@ -263,7 +266,11 @@ class UniMedVL:
         for row, state in enumerate(active):
             if on_logits is not None:
                 on_logits(logits[row])
-            token = self._sample_next(logits[row:row + 1], state.options, state.generator)
+            row_logits = logits[row:row + 1]
+            if len(state.ids) < state.options.min_new_tokens:
+                row_logits = row_logits.clone()
+                row_logits[:, self.special.eos] = float("-inf")
+            token = self._sample_next(row_logits, state.options, state.generator)
             state.token = token
             if state.on_token is not None:
                 state.on_token(token)
@@ -340,14 +347,30 @@ class UniMedVL:
         _check_prompt(question, "question")
         if isinstance(images, (str, Path, bytes, Image.Image)) or hasattr(images, "shape"):
             images = [images]  # type: ignore[list-item]
-        pil_images = [load_image(img) for img in images]  # type: ignore[union-attr]
+        return self.chat_context([*images, question], think=think)  # type: ignore[misc]
+
+    @torch.no_grad()
+    def chat_context(self, items: Sequence[str | ImageLike], *, think: bool = False) -> KVCache:
+        """Texts and images in order as an understanding context (images as ViT blocks, by the VQA rule).
+
+        A conversation is its turns in order, each text framed as its own block (the reference frames
+        every text segment the same way); `ask` is `[*images, question]`.
+        """
+        if not items:
+            raise InputError("a conversation needs at least one text or image")
+        texts = [item for item in items if isinstance(item, str)]
+        for text in texts:
+            _check_prompt(text)
+        pictures = [item if isinstance(item, str) else load_image(item) for item in items]  # all checked first
         ctx = self.new_context()
         if think:
             self._require_think()
             self.add_text(ctx, VLM_THINK_SYSTEM_PROMPT)
-        for image in pil_images:
-            self.add_image(ctx, image, vae=False, vit=True, vit_rule=self.vqa_vit_rule)
-        self.add_text(ctx, question)
+        for item in pictures:
+            if isinstance(item, str):
+                self.add_text(ctx, item)
+            else:
+                self.add_image(ctx, item, vae=False, vit=True, vit_rule=self.vqa_vit_rule)
         return ctx
 
     # ------------------------------------------------------------ images

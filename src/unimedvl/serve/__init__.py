@@ -1,0 +1,1 @@
+"""`unimedvl serve`: an OpenAI-compatible HTTP API and a web page over one loaded model (`app.py`)."""
