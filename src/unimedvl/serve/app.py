@@ -33,6 +33,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,13 +43,7 @@ from unimedvl.inference.engine import TextOptions, UniMedVL, check_generation_si
 from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.serve.content import chat_input, read_image_bytes, reader_options
 from unimedvl.serve.metrics import Metrics
-from unimedvl.serve.protocol import (
-    APIError,
-    ChatCompletionRequest,
-    ImageGenerationRequest,
-    ReaderOptions,
-    parse_size,
-)
+from unimedvl.serve.protocol import APIError, ChatCompletionRequest, ImageGenerationRequest, ReaderOptions, parse_size
 from unimedvl.serve.scheduler import Job, Scheduler
 from unimedvl.serve.settings import ServerSettings
 
@@ -432,8 +427,8 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
         try:
             body = ImageGenerationRequest(**{k: v for k, v in fields.items() if k in ImageGenerationRequest.model_fields})
             reading = ReaderOptions(**{k: v for k, v in fields.items() if k in ("window", "slice", "axis")})
-        except ValueError as exc:
-            raise RequestValidationError(getattr(exc, "errors", lambda: [{"msg": str(exc)}])()) from None
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
         check_model(body.model)
         check_image_request(body.n, body.response_format)
         if not body.prompt.strip():
@@ -460,8 +455,8 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
         fields = {k: v for k, v in form.items() if isinstance(v, str) and k in ("window", "slice", "axis")}
         try:
             reading = ReaderOptions(**fields)
-        except ValueError as exc:
-            raise RequestValidationError(getattr(exc, "errors", lambda: [{"msg": str(exc)}])()) from None
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
         data = await upload.read()
         if len(data) > settings.max_image_bytes:
             raise APIError(413, f"the image is larger than the {settings.max_image_bytes:,} bytes accepted",
