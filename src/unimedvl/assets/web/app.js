@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let currentFile = null;
+let maxTokens = 256;  // lowered to the server's limit once /v1/models answers
 
 function headers(extra) {
   const key = $("api-key").value.trim();
@@ -70,6 +71,8 @@ async function loadModel() {
     if (!response.ok) { $("model-info").textContent = "model information: " + await errorText(response); return; }
     const model = (await response.json()).data[0];
     const info = model.unimedvl;
+    maxTokens = Math.min(256, info.limits.max_new_tokens);
+    $("steps").max = info.limits.max_steps;
     const sizes = info.trained_sizes.length ? info.trained_sizes : [info.default_size];
     $("model-info").textContent = model.id + " - " + info.load_mode + " mode" +
       (info.generation ? ", draws at " + sizes.join(" / ") + " px" : ", understanding only");
@@ -103,7 +106,7 @@ async function ask() {
   $("answer").textContent = "";
   setStatus("");
   const content = [{ type: "text", text: $("question").value }];
-  const body = { messages: [{ role: "user", content: content }], stream: true, max_tokens: 256 };
+  const body = { messages: [{ role: "user", content: content }], stream: true, max_tokens: maxTokens };
   if (currentFile) {
     const options = readerFields();
     const imageOptions = { axis: Number(options.axis) };
