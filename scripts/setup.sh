@@ -13,4 +13,10 @@ if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check pip==
   echo "setup failed: pip install did not succeed (full log: .venv/pip-install.log)" >&2
   exit 1
 fi
+# The web page's browser test (tests/serve/test_page.py) drives Debian's Chromium and ChromeDriver.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null && command -v apt-get >/dev/null \
+   && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; } \
+    > .venv/apt-install.log 2>&1 || echo "note: chromium could not be installed (see .venv/apt-install.log); the browser test will fail" >&2
+fi
 .venv/bin/python -c "import unimedvl, torch; print(f'unimedvl {unimedvl.__version__} ready (torch {torch.__version__})')"

@@ -157,6 +157,8 @@ def serve(
     max_running: int = typer.Option(16, help="Text requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests waiting before new ones get 429."),
     timeout: float = typer.Option(300.0, help="Seconds a request may take, queue included."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads for the model (default: all cores but one, "
+                                          "which reads images and answers HTTP)."),
 ) -> None:
     """Serve the model: OpenAI-compatible HTTP API (chat, images) and a web page at http://HOST:PORT/."""
     from unimedvl.serve.run import serve as run_server
@@ -168,7 +170,7 @@ def serve(
     choice = ModelChoice(checkpoint, dtype, device, mode="understanding" if understanding_only else "full", int8=int8)
     model = choice.load()
     print(f"serving {choice.label} on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
-    run_server(model, settings, host=host, port=port, allow_remote=allow_remote)
+    run_server(model, settings, host=host, port=port, allow_remote=allow_remote, threads=threads)
 
 
 def info(

@@ -129,14 +129,23 @@ class MoTAttention(nn.Module):
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: tuple[KVBlock, ...]
                      ) -> torch.Tensor:
-        """Batched decoding: row i's query attends to its own context's keys (projections were shared)."""
+        """Batched decoding: row i's query attends to its own context's keys (projections were shared).
+
+        Each row's key and value are written straight into its context's preallocated row (decoding
+        blocks are committed, so they write in place) and attended there: no copies, few Python steps.
+        """
+        gqa = self.num_heads != self.num_kv_heads
         outs = []
         for i, block in enumerate(rows):
-            k_all, v_all = block.layer_kv(self.layer_idx, k[i:i + 1], v[i:i + 1])
-            outs.append(F.scaled_dot_product_attention(
-                q[i:i + 1].transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
-                enable_gqa=self.num_heads != self.num_kv_heads)[0, :, 0])  # [Hq, D]
-        return torch.stack(outs).reshape(q.shape[0], -1)
+            store, start = block.cache.store, block.cache.length
+            keys, values = store.keys[self.layer_idx], store.values[self.layer_idx]
+            keys[:, start] = k[i]
+            values[:, start] = v[i]
+            k_all, v_all = keys[:, : start + 1], values[:, : start + 1]
+            if k_all.dtype != q.dtype:
+                k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
+            outs.append(F.scaled_dot_product_attention(q[i][None, :, None], k_all[None], v_all[None], enable_gqa=gqa))
+        return torch.cat(outs).reshape(q.shape[0], -1)  # [B, Hq * D]
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         qkv = inputs.routing.apply(x, lambda z: self._qkv(z, gen=False), lambda z: self._qkv(z, gen=True))

@@ -152,7 +152,7 @@ class UniMedVLModel(nn.Module):
                 cache.separate(extra_tokens=64)
             stores.add(id(cache.store))
         positions = torch.tensor([c.rope for c in caches], device=self.device)
-        blocks = tuple(c.open_block(1, commit=True) for c in caches)
+        blocks = tuple(c.open_block(1, commit=True) for c in caches)  # committed: each writes in place
         hidden = self.language_model.model(self.embed_ids(ids), positions, row_caches=blocks)
         for cache in caches:
             cache.commit(1, rope_advance(SplitKind.CAUSAL, 1))

@@ -170,6 +170,11 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
         return response
 
     # ------------------------------------------------------------ helpers
+    def pre_resized(image: Any) -> Any:
+        resized = model.vqa_vit_rule(image)
+        rule = model.vqa_vit_rule
+        return resized if rule.target_size(*resized.size) == resized.size else image  # only when it is a fixed point
+
     def check_model(name: str | None) -> None:
         if name is not None and name != settings.model_name:
             raise APIError(404, f"model {name!r} is not served here; this server serves {settings.model_name!r}",
@@ -364,7 +369,10 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
                                  "model": settings.model_name, "choices": [{
                                      "index": 0, "finish_reason": "stop",
                                      "message": {"role": "assistant", "content": content}}]})
-        job = new_job("text", items=parsed.items, think=body.think, options=options, seed=body.seed)
+        # The understanding resize runs here, in the request's thread, overlapping the worker's decoding
+        # (the worker's own resize of an image already at its size is a copy: the outputs are unchanged).
+        items = await run_in_threadpool(lambda: [i if isinstance(i, str) else pre_resized(i) for i in parsed.items])
+        job = new_job("text", items=items, think=body.think, options=options, seed=body.seed, stream=body.stream)
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             return _sse({"id": request_id, "object": "chat.completion.chunk", "created": created,

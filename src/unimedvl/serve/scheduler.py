@@ -42,6 +42,7 @@ class Job:
     options: TextOptions | None = None
     seed: int | None = None
     run: Callable[["Job"], dict[str, Any]] | None = None  # image jobs
+    stream: bool = False  # send text deltas as they are decoded (otherwise only the end)
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
     state: DecodeState | None = None
@@ -203,13 +204,14 @@ class Scheduler:
             state = job.state
             assert state is not None
             job.tokens = len(state.ids)
-            text = self.model.tokenizer.decode(state.ids)
-            # Hold back a partial UTF-8 character (decoded as U+FFFD) until its last byte arrives.
-            if not state.done and text.endswith("\ufffd"):
-                continue
-            if text != job.sent_text and text.startswith(job.sent_text):
-                job.emit("delta", text[len(job.sent_text):])
-                job.sent_text = text
+            if job.stream:
+                text = self.model.tokenizer.decode(state.ids)
+                # Hold back a partial UTF-8 character (decoded as U+FFFD) until its last byte arrives.
+                if not state.done and text.endswith("\ufffd"):
+                    continue
+                if text != job.sent_text and text.startswith(job.sent_text):
+                    job.emit("delta", text[len(job.sent_text):])
+                    job.sent_text = text
             if state.done:
                 answer = self.model.answer(state)
                 job.emit("done", {"text": answer.text, "finished": answer.finished, "tokens": len(answer.token_ids),
