@@ -279,3 +279,24 @@ def test_preview_renders_dicom_with_the_reader(api: TestClient) -> None:
     assert lung["image"] != bone["image"] and "PatientName" not in json.dumps(lung)
     picture = Image.open(io.BytesIO(base64.b64decode(lung["image"].split(",", 1)[1])))
     assert picture.size == (128, 128)
+
+
+def test_conversations_keep_their_order_with_the_system_prompt_first() -> None:
+    from unimedvl.serve.content import chat_input
+    from unimedvl.serve.protocol import APIError, ChatCompletionRequest
+
+    image = data_url(SMALL_PNG, "image/png")
+    request = ChatCompletionRequest(messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                     {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "An X-ray."},
+        {"role": "system", "content": "You are a radiologist."},
+        {"role": "user", "content": "Is it normal?"}])
+    parsed = chat_input(request, ServerSettings.tiny())
+    kinds = ["text" if isinstance(i, str) else "image" for i in parsed.items]
+    assert kinds == ["text", "image", "text", "text", "text"]
+    assert parsed.items[0] == "You are a radiologist." and parsed.items[-1] == "Is it normal?"
+    assert parsed.last_user_text == "Is it normal?" and len(parsed.images) == 1
+    with pytest.raises(APIError, match="user messages only"):
+        chat_input(ChatCompletionRequest(messages=[{"role": "assistant", "content": [
+            {"type": "image_url", "image_url": {"url": image}}]}]), ServerSettings.tiny())

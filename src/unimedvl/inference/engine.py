@@ -347,11 +347,14 @@ class UniMedVL:
         _check_prompt(question, "question")
         if isinstance(images, (str, Path, bytes, Image.Image)) or hasattr(images, "shape"):
             images = [images]  # type: ignore[list-item]
-        return self.chat_context([*images, question], think=think)  # type: ignore[misc]
+        pictures = [load_image(image) for image in images]  # type: ignore[union-attr]  (a str here is a path)
+        return self.chat_context([*pictures, question], think=think)
 
     @torch.no_grad()
     def chat_context(self, items: Sequence[str | ImageLike], *, think: bool = False) -> KVCache:
         """Texts and images in order as an understanding context (images as ViT blocks, by the VQA rule).
+
+        A `str` item is text; images are paths (`Path`), bytes, PIL images or arrays.
 
         A conversation is its turns in order, each text framed as its own block (the reference frames
         every text segment the same way); `ask` is `[*images, question]`.
