@@ -54,11 +54,12 @@ print(json.dumps({"load_s": loaded - start, "rss_after_load": after_load, "peak_
 """
 
 
-def write_random_checkpoint(folder: Path) -> int:
-    """Random bf16 weights for the full config under the released key names, in ~2 GiB shards."""
+def write_random_checkpoint(folder: Path, config: UnifiedConfig | None = None, with_vae: bool = False) -> int:
+    """Random bf16 weights for a config (default: the released full one) under the released key names, in
+    ~2 GiB shards; `with_vae` adds a random fp32 `ae.safetensors` (bench/memory.py generates with it)."""
     from safetensors.torch import save_file
 
-    config = UnifiedConfig.full()
+    config = config or UnifiedConfig.full()
     folder.mkdir(parents=True, exist_ok=True)
     config.save_to_dir(folder)
     for name in ("tokenizer.json",):
@@ -87,6 +88,16 @@ def write_random_checkpoint(folder: Path) -> int:
             flush()
             print(f"  {sum(1 for _ in folder.glob('ema-*'))} shards written", flush=True)
     flush()
+    if with_vae:
+        from unimedvl.model.builder import build_vae
+
+        vae = build_vae(config.vae, device="cpu")
+        def value(key: str, shape: torch.Size) -> torch.Tensor:
+            if len(shape) > 1:
+                return torch.randn(shape, generator=generator) * 0.02
+            return torch.ones(shape) if key.endswith("weight") else torch.zeros(shape)  # norms: identity
+
+        save_file({k: value(k, v.shape) for k, v in vae.state_dict().items()}, str(folder / "ae.safetensors"))
     (folder / "ema.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total * 2},
                                                                    "weight_map": weight_map}))
     return total

@@ -1,12 +1,13 @@
 """Language-model speed against Hugging Face `transformers`, with the same weights, in the same run.
 
-    .venv/bin/python bench/lm.py [--configs tiny,unimedvl-tiny,small] [--contexts 128,1024,4096] [--json out.json]
+    .venv/bin/python bench/lm.py [--configs tiny,unimedvl-tiny,small] [--contexts 128,1024,4096] [--int8 small] [--json out.json]
 
 The understanding path of UniMedVL is Qwen2 with QK-norm, i.e. `transformers`' Qwen3ForCausalLM with
 `attention_bias=True`: the peer is that model holding our understanding-expert weights (logits checked
 first). For each config and context length T it measures, ours and the peer interleaved (best of N):
 * prefill: T tokens into an empty cache, tokens/s;
-* decode: 32 greedy steps after a T-token prefill, tokens/s.
+* decode: 32 greedy steps after a T-token prefill, tokens/s; for the --int8 configs also the same model
+  with int8 decoder weights (one scale per row, as `ask --int8` loads it), with its logit drift.
 Machine limits measured by the script: the fp32 matmul peak (prefill GFLOP/s is a fraction of it) and
 the memory read bandwidth (decode reads every active weight per token: its limit is bandwidth / bytes).
 Needs `pip install '.[bench]'` (transformers). A benchmark, not a test; run it alone on the machine.
@@ -83,6 +84,33 @@ def load_ours(name: str):  # noqa: ANN201
     return load_checkpoint(folder, dtype="float32").model.eval()
 
 
+def int8_copy(model):  # noqa: ANN001, ANN201
+    """The same model with every decoder linear layer int8 (one scale per row), as `load_checkpoint(quantize="int8")`."""
+    from unimedvl.model.layers import Int8Linear, Linear, quantize_linears
+
+    clone = copy.deepcopy(model)
+    weights = {n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
+               for n, m in clone.language_model.named_modules() if isinstance(m, Linear)}
+    quantize_linears(clone.language_model, lambda name: True)
+    with torch.no_grad():
+        for n, module in clone.language_model.named_modules():
+            if isinstance(module, Int8Linear):
+                weight, bias = weights.pop(n)
+                module.load_weight(weight, weight.device)
+                if bias is not None:
+                    module.bias.copy_(bias)
+    return clone.eval()
+
+
+def int8_drift(model, quantized, length: int = 64) -> tuple[float, float]:  # noqa: ANN001
+    """Relative max logit difference and top-1 agreement of the int8 copy against fp32 on random ids."""
+    ids = torch.randint(0, model.config.llm.vocab_size, (length,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = model.logits(model.prefill_text(model.new_cache(), ids))
+        b = quantized.logits(quantized.prefill_text(quantized.new_cache(), ids))
+    return float((a - b).abs().max() / a.abs().max()), float((a.argmax(-1) == b.argmax(-1)).float().mean())
+
+
 def hf_peer(model):  # noqa: ANN001, ANN201
     """transformers' Qwen3ForCausalLM (q/k/v bias) holding our understanding expert's weights."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -148,12 +176,15 @@ def check_logits(model, peer, length: int = 64) -> float:  # noqa: ANN001
     return float((ours - theirs).abs().max() / theirs.abs().max())
 
 
-def bench_config(name: str, contexts: list[int], repeats: int, peak: float, bandwidth: float) -> list[dict]:
+def bench_config(name: str, contexts: list[int], repeats: int, peak: float, bandwidth: float,
+                 with_int8: bool = False) -> list[dict]:
     model = load_ours(name)
     peer = hf_peer(model)
     drift = check_logits(model, peer)
     if drift > 1e-4:
         raise SystemExit(f"{name}: logits differ from transformers by {drift:.2e} (relative); not comparable")
+    quantized = int8_copy(model) if with_int8 else None
+    int8_stats = int8_drift(model, quantized) if quantized is not None else None
     cfg = model.config.llm
     rows = []
     for context in contexts:
@@ -161,24 +192,30 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             continue
         ids = torch.randint(0, cfg.vocab_size, (context,), generator=torch.Generator().manual_seed(2))
         r = 1 if context >= 4096 and name == "small" else repeats
-        times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "hf_decode": []}
+        times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "hf_decode": [], "int8_decode": []}
         for _ in range(r):  # interleaved, so both see the same machine state
             times["ours_prefill"].append(_timed(lambda: ours_prefill(model, ids)))
             times["hf_prefill"].append(_timed(lambda: hf_prefill(peer, ids)))
         _, cache = ours_prefill(model, ids)
         _, hf_cache = hf_prefill(peer, ids)
+        int8_cache = ours_prefill(quantized, ids)[1] if quantized is not None else None
         token = ids[-1:]
         for _ in range(max(2, r)):
             times["ours_decode"].append(_timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
+            if quantized is not None:
+                times["int8_decode"].append(_timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
             copy_s = _timed(lambda: copy.deepcopy(hf_cache))  # the peer's cache copy is ours' fork(): not decode time
             times["hf_decode"].append(_timed(lambda: hf_decode(peer, hf_cache, token, DECODE_STEPS)) - copy_s)
-        best = {k: min(v) for k, v in times.items()}
+        best = {k: min(v) for k, v in times.items() if v}
         limit = bandwidth * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2)
         row = {"config": name, "context": context,
                "prefill_tok_s": context / best["ours_prefill"], "hf_prefill_tok_s": context / best["hf_prefill"],
                "prefill_peak_fraction": llm_flops(cfg, context, context) / best["ours_prefill"] / 1e9 / peak,
                "decode_tok_s": DECODE_STEPS / best["ours_decode"], "hf_decode_tok_s": DECODE_STEPS / best["hf_decode"],
                "decode_limit_tok_s": limit, "logit_drift": drift}
+        if quantized is not None:
+            row.update(int8_decode_tok_s=DECODE_STEPS / best["int8_decode"], int8_logit_drift=int8_stats[0],
+                       int8_top1_agreement=int8_stats[1])
         rows.append(row)
         print(f"  {name} T={context}: prefill {row['prefill_tok_s']:,.0f} vs {row['hf_prefill_tok_s']:,.0f} tok/s, "
               f"decode {row['decode_tok_s']:,.1f} vs {row['hf_decode_tok_s']:,.1f} tok/s", flush=True)
@@ -191,6 +228,7 @@ def main() -> None:
     parser.add_argument("--contexts", default="128,1024,4096")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--int8", default="small", help="configs whose int8 decoding is measured too (comma list)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -201,7 +239,8 @@ def main() -> None:
           f"fp32 matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s")
     rows = []
     for name in args.configs.split(","):
-        rows += bench_config(name, [int(c) for c in args.contexts.split(",")], args.repeats, peak, bandwidth)
+        rows += bench_config(name, [int(c) for c in args.contexts.split(",")], args.repeats, peak, bandwidth,
+                             with_int8=name in args.int8.split(","))
     print("\n| config | T | prefill tok/s | vs transformers | of matmul peak | decode tok/s | vs transformers "
           "| of bandwidth limit |")
     print("|---|---|---|---|---|---|---|---|")
@@ -210,6 +249,14 @@ def main() -> None:
               f"{r['prefill_tok_s'] / r['hf_prefill_tok_s']:.2f}x | {100 * r['prefill_peak_fraction']:.0f}% | "
               f"{r['decode_tok_s']:,.1f} | {r['decode_tok_s'] / r['hf_decode_tok_s']:.2f}x | "
               f"{100 * r['decode_tok_s'] / r['decode_limit_tok_s']:.0f}% |")
+    int8_rows = [r for r in rows if "int8_decode_tok_s" in r]
+    if int8_rows:
+        print("\n| config | T | int8 decode tok/s | vs fp32 (ours) | vs transformers fp32 | int8 logit drift | top-1 agreement |")
+        print("|---|---|---|---|---|---|---|")
+        for r in int8_rows:
+            print(f"| {r['config']} | {r['context']} | {r['int8_decode_tok_s']:,.1f} | "
+                  f"{r['int8_decode_tok_s'] / r['decode_tok_s']:.2f}x | {r['int8_decode_tok_s'] / r['hf_decode_tok_s']:.2f}x | "
+                  f"{100 * r['int8_logit_drift']:.2f}% | {100 * r['int8_top1_agreement']:.1f}% |")
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "bandwidth_gbs": bandwidth, "rows": rows}, indent=1))
 

@@ -22,6 +22,8 @@ def test_two_replicas_answer_through_rays_proxy() -> None:
     from unimedvl.serve.ray_app import application
 
     port = _free_port()
+    if ray.is_initialized():  # another test's local Ray (the corpus and eval runners) may still be up
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
