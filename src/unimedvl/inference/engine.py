@@ -149,6 +149,9 @@ class UniMedVL:
         self.think_trained = loaded.think_trained
         self.load_mode, self.quantize = loaded.mode, loaded.quantize
         self._warned_sizes: set[tuple[int, int]] = set()
+        # Guidance branches (2 for text-to-image, 3 for editing) in one forward; False runs them one by one
+        # (the same outputs within float tolerance; bench/image.py compares the two).
+        self.batch_guidance = True
         sizes, patch, cell = self.image_config, self.config.vit.patch_size, self.config.latent_downsample
         self.vqa_vit_rule = ResizeRule.from_bounds(sizes.understanding_vit, patch)
         self.gen_vit_rule = ResizeRule.from_bounds(sizes.generation_vit, patch)
@@ -488,16 +491,18 @@ class UniMedVL:
         contexts = {"cond": cond, "text_uncond": text_uncond, "image_uncond": image_uncond}
         same_as_cond = {name for name, ctx in contexts.items()
                         if ctx.store is cond.store and ctx.length == cond.length and ctx.rope == cond.rope}
-        step_cache: dict[str, torch.Tensor] = {}  # branch velocities of the current step
 
-        def velocity(branch: Branch, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if branch == "cond":  # the sampler asks for "cond" first at every step
-                step_cache.clear()
-            source = "cond" if branch in same_as_cond else branch  # T2I: image-uncond context == cond context
-            if source not in step_cache:
-                embeds = self.model.embed_latents(x, t, grid)
-                step_cache[source] = self.model.velocity(contexts[source], embeds, self.special).float()
-            return step_cache[source]
+        def velocities(branches: list[Branch], x: torch.Tensor, t: torch.Tensor) -> dict[Branch, torch.Tensor]:
+            # One embedding per step for every branch (the branches differ only in their contexts), then
+            # one forward for all distinct contexts (T2I: the image-unconditional context is the full one).
+            embeds = self.model.embed_latents(x, t, grid)
+            sources = list(dict.fromkeys("cond" if b in same_as_cond else b for b in branches))
+            if self.batch_guidance and len(sources) > 1:
+                outs = self.model.velocity_batch([contexts[s] for s in sources], embeds, self.special)
+            else:
+                outs = [self.model.velocity(contexts[s], embeds, self.special) for s in sources]
+            by_source = {s: v.float() for s, v in zip(sources, outs)}
+            return {b: by_source["cond" if b in same_as_cond else b] for b in branches}
 
         def on_step(i: int, total: int, record: StepRecord) -> None:
             if trace is not None:
@@ -505,7 +510,7 @@ class UniMedVL:
             if progress is not None:
                 progress(i + 1, total)
 
-        final = sample_flow(noise.to(self.device, torch.float32), velocity, guidance, on_step=on_step)
+        final = sample_flow(noise.to(self.device, torch.float32), None, guidance, on_step=on_step, velocities=velocities)
         decoder_input, decoded = self.decode_latent(final, height, width)
         if trace is not None:
             trace.noise, trace.final_latent = noise, final

@@ -97,6 +97,7 @@ class BlockInputs:
     cache: KVBlock | None  # None: a whole packed sequence (training) that attends only to itself
     causal: bool = False  # a causal text block over its cache: bottom-right causal, no mask materialised
     row_caches: tuple[KVBlock, ...] | None = None  # batched decoding: row i is one token of its own context
+    branch_caches: tuple[KVBlock, ...] | None = None  # batched guidance: equal row groups, each over its context
 
 
 class MoTAttention(nn.Module):
@@ -147,12 +148,29 @@ class MoTAttention(nn.Module):
             outs.append(F.scaled_dot_product_attention(q[i][None, :, None], k_all[None], v_all[None], enable_gqa=gqa))
         return torch.cat(outs).reshape(q.shape[0], -1)  # [B, Hq * D]
 
+    def _attend_branches(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: tuple[KVBlock, ...]
+                         ) -> torch.Tensor:
+        """Batched guidance: the rows are equal groups, one per context; each group sees its context and itself."""
+        m = q.shape[0] // len(blocks)
+        outs = []
+        for b, block in enumerate(blocks):
+            rows = slice(b * m, (b + 1) * m)
+            k_all, v_all = block.layer_kv(self.layer_idx, k[rows], v[rows])
+            out = F.scaled_dot_product_attention(
+                q[rows].transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
+                enable_gqa=self.num_heads != self.num_kv_heads)
+            outs.append(out[0].transpose(0, 1).reshape(m, -1))
+        return torch.cat(outs)
+
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         qkv = inputs.routing.apply(x, lambda z: self._qkv(z, gen=False), lambda z: self._qkv(z, gen=True))
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
         if inputs.row_caches is not None:
             return inputs.routing.apply(self._attend_rows(q, k, v, inputs.row_caches), self.o_proj, self.o_proj_moe_gen)
+        if inputs.branch_caches is not None:
+            return inputs.routing.apply(self._attend_branches(q, k, v, inputs.branch_caches), self.o_proj,
+                                        self.o_proj_moe_gen)
         if inputs.cache is None:  # a whole packed sequence (training): keys are the block itself
             k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
         else:
@@ -204,7 +222,8 @@ class Qwen2MoTModel(nn.Module):
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, *, gen_mask: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, cache: KVBlock | None = None,
                 checkpoint_layers: bool = False, causal: bool = False,
-                row_caches: tuple[KVBlock, ...] | None = None) -> torch.Tensor:
+                row_caches: tuple[KVBlock, ...] | None = None,
+                branch_caches: tuple[KVBlock, ...] | None = None) -> torch.Tensor:
         """Run one query block `[L, H]`; returns final-normed hidden states `[L, H]`.
 
         Args:
@@ -218,6 +237,8 @@ class Qwen2MoTModel(nn.Module):
             causal: the block is causal over [cached keys, block keys] (bottom-right); `attn_mask` must be None.
             row_caches: batched decoding instead of `cache`: row i is one new token of the context `row_caches[i]`
                 (the weights are read once for every row; each row attends only to its own keys).
+            branch_caches: batched guidance instead of `cache`: the rows are `len(branch_caches)` equal groups,
+                group b an uncached block over the context `branch_caches[b]` (bidirectional, no mask).
         """
         routing = Routing.from_mask(gen_mask)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, embeds.dtype)
@@ -225,8 +246,11 @@ class Qwen2MoTModel(nn.Module):
             raise ValueError("give a causal block or an attention mask, not both")
         if row_caches is not None and (cache is not None or attn_mask is not None or len(row_caches) != embeds.shape[0]):
             raise ValueError("batched decoding takes one row cache per row and no block cache or mask")
+        if branch_caches is not None and (cache is not None or attn_mask is not None or causal
+                                          or embeds.shape[0] % len(branch_caches)):
+            raise ValueError("batched guidance takes equal row groups, one cache each, and no block cache or mask")
         inputs = BlockInputs(routing, cos, sin, attn_mask, cache, causal=causal and embeds.shape[0] > 1,
-                             row_caches=row_caches)
+                             row_caches=row_caches, branch_caches=branch_caches)
         x = embeds
         for layer in self.layers:
             if checkpoint_layers and torch.is_grad_enabled():

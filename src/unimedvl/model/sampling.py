@@ -123,22 +123,36 @@ class StepRecord:
 
 
 VelocityFn = Callable[[Branch, torch.Tensor, torch.Tensor], torch.Tensor]
+VelocitiesFn = Callable[[list[Branch], torch.Tensor, torch.Tensor], dict[Branch, torch.Tensor]]
 
 
-def sample_flow(noise: torch.Tensor, velocity: VelocityFn, options: GuidanceOptions, *,
-                on_step: Callable[[int, int, StepRecord], None] | None = None) -> torch.Tensor:
-    """Integrate from `noise` `[N, C]` (t = 1) to data (t = 0). `velocity(branch, x, t)` runs the network."""
+def sample_flow(noise: torch.Tensor, velocity: VelocityFn | None, options: GuidanceOptions, *,
+                on_step: Callable[[int, int, StepRecord], None] | None = None,
+                velocities: VelocitiesFn | None = None) -> torch.Tensor:
+    """Integrate from `noise` `[N, C]` (t = 1) to data (t = 0).
+
+    The network runs through `velocities(branches, x, t)` (every branch a step needs, in one call: the
+    engine batches them into one forward) or, when that is not given, `velocity(branch, x, t)` per branch.
+    """
+    if velocities is None:
+        if velocity is None:
+            raise ValueError("give velocity or velocities")
+
+        def velocities(names: list[Branch], x: torch.Tensor, t: torch.Tensor) -> dict[Branch, torch.Tensor]:
+            return {name: velocity(name, x, t) for name in names}  # type: ignore[misc]
+
     timesteps, dts = flow_schedule(options.num_timesteps, options.timestep_shift)
     x = noise
     for i, (t, dt) in enumerate(zip(timesteps, dts)):
         active = guidance_active(t, options.interval)
         text_scale = options.text_scale if active else 1.0
         image_scale = options.image_scale if active else 1.0
-        branches = {"cond": velocity("cond", x, t)}
+        needed: list[Branch] = ["cond"]
         if text_scale > 1.0:
-            branches["text_uncond"] = velocity("text_uncond", x, t)
+            needed.append("text_uncond")
             if image_scale > 1.0:
-                branches["image_uncond"] = velocity("image_uncond", x, t)
+                needed.append("image_uncond")
+        branches = velocities(needed, x, t)
         v = combine_guidance(branches["cond"], branches.get("text_uncond"), branches.get("image_uncond"),
                              text_scale=text_scale, image_scale=image_scale,
                              renorm_type=options.renorm_type, renorm_min=options.renorm_min)

@@ -21,6 +21,7 @@ builds one block with the layout rules of `packing.py` and returns what the call
     decode_step(cache, ids)           one token, cached                     -> logits [1, V]
     decode_batch(caches, ids)         one token in each of B contexts       -> logits [B, V]
     velocity(cache, embeds)           noisy VAE image split, NOT cached     -> v [h*w, 64]
+    velocity_batch(caches, embeds)    the same block over B contexts at once -> B x v [h*w, 64]
 
 Training runs a whole :class:`PackedBatch` (`packing.py`) through `forward`.
 """
@@ -34,7 +35,7 @@ from torch import nn
 
 from unimedvl.config import UnifiedConfig
 from unimedvl.model.connectors import MLPconnector, PositionEmbedding, TimestepEmbedder
-from unimedvl.model.kv_cache import KVCache
+from unimedvl.model.kv_cache import KVBlock, KVCache
 from unimedvl.model.layers import Linear
 from unimedvl.model.packing import (
     PackedBatch,
@@ -214,6 +215,31 @@ class UniMedVLModel(nn.Module):
         return self.llm2vae(self.noisy_latent_hidden(cache, embeds, special)[1:-1])
 
     # -------------------------------------------------------------- training
+    def velocity_batch(self, caches: list[KVCache], embeds: torch.Tensor, special: SpecialTokens) -> list[torch.Tensor]:
+        """`velocity` of one noisy block against each of several contexts (the guidance branches), in one forward.
+
+        The projections and MLPs run once over all B copies of the block; each copy attends to its own
+        context. A context that owns its store's tail attends through scratch rows past its end, a second
+        one of the same store through a concatenation (they would otherwise write the same rows).
+        """
+        block = self.frame_image_block(embeds, special)
+        m, count = block.shape[0], len(caches)
+        gen_mask = torch.ones(m, dtype=torch.bool, device=self.device)
+        gen_mask[0] = gen_mask[-1] = False  # the markers stay with the understanding expert
+        positions = torch.tensor([p for c in caches for p in split_positions(SplitKind.NOISE, c.rope, m)],
+                                 device=self.device)
+        blocks, scratch_stores = [], set()
+        for cache in caches:
+            opened = cache.open_block(m, commit=False)
+            if opened.in_place and id(cache.store) in scratch_stores:
+                opened = KVBlock(cache, in_place=False)
+            if opened.in_place:
+                scratch_stores.add(id(cache.store))
+            blocks.append(opened)
+        hidden = self.language_model.model(block.repeat(count, 1), positions, gen_mask=gen_mask.repeat(count),
+                                           branch_caches=tuple(blocks))
+        return [self.llm2vae(hidden[b * m + 1:(b + 1) * m - 1]) for b in range(count)]
+
     def forward(self, batch: PackedBatch, *, checkpoint_layers: bool = False) -> PackedOutput:
         """A packed training sequence -> logits at its CE rows and a velocity per noisy image.
 
