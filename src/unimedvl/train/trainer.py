@@ -198,10 +198,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = c.optim.lr * factor
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # Gradient buffers are kept and zeroed, not freed: reallocating ~a model's worth of memory each
+        # step cost page faults (bench/train.py: AdamW step 2.1 -> 1.0 s on the small preset).
+        self.optimizer.zero_grad(set_to_none=False)
         with torch.no_grad():
-            for name, p in self.trainable:
-                self.ema[name].lerp_(p.detach().float(), 1 - c.optim.ema_decay)
+            ema = [self.ema[name] for name, _ in self.trainable]
+            weights = [p.detach().float() for _, p in self.trainable]
+            torch._foreach_lerp_(ema, weights, 1 - c.optim.ema_decay)  # one fused update, not a Python loop
         ce_total, mse_total = self._all_reduce([ce_total, mse_total])
         grad = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         return {"loss": c.ce_weight * ce_total + c.mse_weight * mse_total, "ce": ce_total, "mse": mse_total,
