@@ -23,6 +23,7 @@ def test_stops_at_the_device_check_without_a_gpu(tmp_path: Path) -> None:
 def test_parity_inputs_are_the_same_weights_and_the_speed_code_runs(monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(BENCH))
     import gpu_check
+
     from unimedvl.config import UnifiedConfig
 
     config = UnifiedConfig.tiny()
