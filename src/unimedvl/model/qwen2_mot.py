@@ -116,7 +116,7 @@ class MoTAttention(nn.Module):
         self.o_proj_moe_gen = Linear(h, h, bias=False)
         self.q_norm_moe_gen, self.k_norm_moe_gen = RMSNorm(d, eps=eps), RMSNorm(d, eps=eps)
 
-    def _qkv(self, x: torch.Tensor, *, gen: bool) -> torch.Tensor:
+    def _qkv_parts(self, x: torch.Tensor, *, gen: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if gen:
             q_proj, k_proj, v_proj = self.q_proj_moe_gen, self.k_proj_moe_gen, self.v_proj_moe_gen
             q_norm, k_norm = self.q_norm_moe_gen, self.k_norm_moe_gen
@@ -126,7 +126,10 @@ class MoTAttention(nn.Module):
         q = q_norm(q_proj(x).view(n, self.num_heads, self.head_dim))
         k = k_norm(k_proj(x).view(n, self.num_kv_heads, self.head_dim))
         v = v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        return torch.cat([q, k, v], dim=1)  # [n, Hq + 2*Hkv, D]
+        return q, k, v
+
+    def _qkv(self, x: torch.Tensor, *, gen: bool) -> torch.Tensor:
+        return torch.cat(self._qkv_parts(x, gen=gen), dim=1)  # [n, Hq + 2*Hkv, D], for mixed-expert blocks
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: tuple[KVBlock, ...]
                      ) -> torch.Tensor:
@@ -163,8 +166,14 @@ class MoTAttention(nn.Module):
         return torch.cat(outs)
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
-        qkv = inputs.routing.apply(x, lambda z: self._qkv(z, gen=False), lambda z: self._qkv(z, gen=True))
-        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
+        routing = inputs.routing
+        if routing.gen_rows is None and routing.und_rows is None:  # one expert (text): no joined copy of q, k, v
+            q, k, v = self._qkv_parts(x, gen=False)
+        elif routing.gen_rows is None:
+            q, k, v = self._qkv_parts(x, gen=True)
+        else:
+            qkv = routing.apply(x, lambda z: self._qkv(z, gen=False), lambda z: self._qkv(z, gen=True))
+            q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
         if inputs.row_caches is not None:
             return inputs.routing.apply(self._attend_rows(q, k, v, inputs.row_caches), self.o_proj, self.o_proj_moe_gen)
