@@ -5,7 +5,9 @@
 
 For each config and size it times text-to-image (2 branches: full and text-unconditional) and editing
 (3 branches: + image-unconditional) with guidance, `UniMedVL.batch_guidance` on and off, interleaved
-(best of --repeats), and compares the two outputs (largest pixel difference, PSNR). The small preset
+(best of --repeats), and compares the two outputs (largest pixel difference, PSNR). With --cache it also
+times feature caching (`GuidanceOptions.cache_interval`: the network every N steps, each branch's
+velocity extrapolated in between) and states its quality cost as PSNR / SSIM against the uncached image. The small preset
 has random bf16 weights written once to --small-dir (the released VAE's shape, random too), computed
 in fp32. A benchmark, not a test: run it alone on the machine.
 """
@@ -26,6 +28,7 @@ from big_model import write_random_checkpoint  # bench/ is on the path when a sc
 
 from unimedvl.assets import REFERENCE_TINY, SAMPLES, default_checkpoint
 from unimedvl.config import UnifiedConfig
+from unimedvl.eval.metrics.image import psnr, ssim
 from unimedvl.inference.engine import UniMedVL
 from unimedvl.model.sampling import GuidanceOptions
 
@@ -39,20 +42,16 @@ def load(name: str, small_dir: Path) -> UniMedVL:
     return UniMedVL.from_pretrained({"tiny": REFERENCE_TINY, "unimedvl-tiny": default_checkpoint()}[name])
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-def timed_call(model: UniMedVL, batched: bool, task: str, size: int, steps: int) -> tuple[float, np.ndarray]:
+def timed_call(model: UniMedVL, batched: bool, task: str, size: int, steps: int, cache: int = 1
+               ) -> tuple[float, np.ndarray]:
     model.batch_guidance = batched
     start = time.perf_counter()
     if task == "text-to-image":
         image = model.generate("A chest X-ray with pneumonia.", height=size, width=size, seed=0,
-                               guidance=GuidanceOptions.text_to_image(num_timesteps=steps))
+                               guidance=GuidanceOptions.text_to_image(num_timesteps=steps, cache_interval=cache))
     else:
         image = model.edit(SAMPLES / "brain_mri_msd.png", "Convert this T1 MRI to FLAIR.", seed=0, height=size,
-                           width=size, guidance=GuidanceOptions.editing(num_timesteps=steps))
+                           width=size, guidance=GuidanceOptions.editing(num_timesteps=steps, cache_interval=cache))
     return time.perf_counter() - start, np.asarray(image)
 
 
@@ -62,6 +61,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,128,256,512")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache", default="2,3", help="cache intervals to time against the uncached call (TaylorSeer-"
+                        "style extrapolation between network calls); empty: none")
     parser.add_argument("--small-dir", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -85,7 +86,12 @@ def main() -> None:
                     row = {"config": name, "task": task, "size": size, "steps": args.steps,
                            "one_by_one_s": min(times[False]), "batched_s": min(times[True]),
                            "max_pixel_diff": int(np.abs(images[True].astype(int) - images[False].astype(int)).max()),
-                           "psnr_db": psnr(images[True], images[False])}
+                           "psnr_db": psnr(images[True], images[False]), "cache": []}
+                    for interval in (int(c) for c in args.cache.split(",") if c):
+                        seconds, cached = min((timed_call(model, True, task, size, args.steps, interval)
+                                               for _ in range(args.repeats)), key=lambda r: r[0])
+                        row["cache"].append({"interval": interval, "seconds": seconds, "psnr_db": psnr(cached, images[True]),
+                                             "ssim": ssim(cached, images[True])})
                     rows.append(row)
                     print(f"  {name} {task} {size}px: {row['one_by_one_s']:.3f} -> {row['batched_s']:.3f} s",
                           file=sys.stderr, flush=True)
@@ -97,6 +103,15 @@ def main() -> None:
     for r in rows:
         print(f"| {r['config']} | {r['task']} | {r['size']} | {r['one_by_one_s']:.3f} | {r['batched_s']:.3f} | "
               f"{r['one_by_one_s'] / r['batched_s']:.2f}x | {r['max_pixel_diff']} | {r['psnr_db']:.1f} dB |")
+    cached_rows = [(r, c) for r in rows for c in r["cache"]]
+    if cached_rows:
+        print("\nfeature caching (network every N steps, velocities extrapolated in between) against the uncached "
+              "batched call:\n")
+        print("| config | task | size | every N steps | seconds | speed-up | PSNR vs uncached | SSIM vs uncached |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r, c in cached_rows:
+            print(f"| {r['config']} | {r['task']} | {r['size']} | {c['interval']} | {c['seconds']:.3f} | "
+                  f"{r['batched_s'] / c['seconds']:.2f}x | {c['psnr_db']:.1f} dB | {c['ssim']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

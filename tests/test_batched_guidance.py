@@ -55,3 +55,22 @@ def test_velocity_batch_equals_velocity_per_context(engine: UniMedVL) -> None:
         assert torch.allclose(v, model.velocity(cache, embeds, special), atol=1e-5)
     assert [c.length for c in caches] == [longer.length, base.length, other.length, longer.length]  # nothing cached
     assert np.isfinite(torch.stack(together).numpy()).all()
+
+
+def test_feature_caching_skips_network_calls_in_the_engine(engine: UniMedVL, monkeypatch) -> None:
+    calls = []
+    real = engine.model.velocity_batch
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "velocity_batch", counted)
+    full = engine.generate("A chest X-ray.", height=32, width=32, seed=0,
+                           guidance=GuidanceOptions.text_to_image(num_timesteps=13, interval=(0.0, 1.0)))
+    uncached_calls = len(calls)
+    calls.clear()
+    fast = engine.generate("A chest X-ray.", height=32, width=32, seed=0,
+                           guidance=GuidanceOptions.text_to_image(num_timesteps=13, interval=(0.0, 1.0), cache_interval=3))
+    assert uncached_calls == 12 and len(calls) == 5  # steps 0, 1, 3, 6, 9
+    assert np.asarray(fast).shape == np.asarray(full).shape

@@ -64,3 +64,32 @@ def test_invalid_options_are_named() -> None:
     with pytest.raises(InputError, match="renorm_type"):
         GuidanceOptions(renorm_type="other")  # type: ignore[arg-type]
     assert GuidanceOptions.editing().renorm_type == "text_channel" and GuidanceOptions.editing().image_scale == 2.0
+
+
+def test_feature_caching_extrapolates_between_network_calls() -> None:
+    """cache_interval: the network every N steps (after two warm-up calls), first-order Taylor in t between."""
+    import torch
+
+    from unimedvl.errors import InputError
+    from unimedvl.model.sampling import GuidanceOptions, sample_flow
+
+    calls: list[float] = []
+    a, b = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.randn(6, 4)
+
+    def linear_in_t(branches, x, t):  # noqa: ANN001, ANN202  - a velocity exactly linear in t, per branch
+        calls.append(float(t))
+        return {name: a * (k + 1) + b * t for k, name in enumerate(branches)}
+
+    noise = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    options = GuidanceOptions.editing(num_timesteps=10)
+    exact = sample_flow(noise, None, options, velocities=linear_in_t)
+    assert len(calls) == 9
+    calls.clear()
+    records = []
+    cached = sample_flow(noise, None, GuidanceOptions.editing(num_timesteps=10, cache_interval=2),
+                         velocities=linear_in_t, on_step=lambda i, n, r: records.append(r.computed))
+    assert records == [True, True, True, False, True, False, True, False, True] and len(calls) == 6
+    assert torch.allclose(cached, exact, atol=1e-5)  # exact for a velocity linear in t
+    for bad in (0, 11, 1.5, True):
+        with pytest.raises(InputError, match="cache_interval"):
+            GuidanceOptions(cache_interval=bad)

@@ -94,6 +94,8 @@ GUIDANCE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
     ("cfg_interval", "--cfg-interval", str, "interval", "Guidance interval lo,hi on the shifted time."),
     ("renorm", "--renorm", str, "renorm_type", "global, channel or text_channel."),
     ("renorm_min", "--renorm-min", float, "renorm_min", "Lower clamp of the renorm factor."),
+    ("cache_interval", "--cache-interval", int, "cache_interval", "Run the network every N steps only and "
+     "extrapolate the velocities in between (TaylorSeer-style caching; faster, slightly different). Default 1."),
 )
 
 

@@ -27,6 +27,7 @@ from unimedvl.utils.numbers import is_finite_number
 RenormType = Literal["global", "channel", "text_channel"]
 Branch = Literal["cond", "text_uncond", "image_uncond"]
 MAX_TIMESTEPS = 1000  # beyond this a run is a typo (the reference uses 50), not a request
+MAX_CACHE_INTERVAL = 10
 T = TypeVar("T", float, torch.Tensor)
 
 
@@ -41,6 +42,9 @@ class GuidanceOptions:
     interval: tuple[float, float] = (0.4, 1.0)
     renorm_type: RenormType = "global"
     renorm_min: float = 0.0
+    # Run the network every `cache_interval` steps only and extrapolate each branch's velocity in between
+    # from its last two evaluations (first-order Taylor in t, TaylorSeer-style); 1 runs it every step.
+    cache_interval: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interval", tuple(float(v) for v in self.interval))
@@ -61,6 +65,8 @@ class GuidanceOptions:
         lo, hi = self.interval
         if len(self.interval) != 2 or not 0.0 <= lo <= hi <= 1.0:
             raise InputError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got {self.interval}")
+        if not is_finite_number(self.cache_interval, integer=True) or not 1 <= self.cache_interval <= MAX_CACHE_INTERVAL:
+            raise InputError(f"cache_interval must be an integer in [1, {MAX_CACHE_INTERVAL}], got {self.cache_interval!r}")
         if self.renorm_type not in ("global", "channel", "text_channel"):
             raise InputError(f"renorm_type must be global, channel or text_channel, got {self.renorm_type!r}")
 
@@ -120,6 +126,7 @@ class StepRecord:
     t: float
     v: torch.Tensor
     branches: dict[str, torch.Tensor] = field(default_factory=dict)
+    computed: bool = True  # False: the branch velocities were extrapolated (cache_interval > 1)
 
 
 VelocityFn = Callable[[Branch, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -143,6 +150,7 @@ def sample_flow(noise: torch.Tensor, velocity: VelocityFn | None, options: Guida
 
     timesteps, dts = flow_schedule(options.num_timesteps, options.timestep_shift)
     x = noise
+    history: dict[Branch, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # the last two (t, v) of each branch
     for i, (t, dt) in enumerate(zip(timesteps, dts)):
         active = guidance_active(t, options.interval)
         text_scale = options.text_scale if active else 1.0
@@ -152,11 +160,24 @@ def sample_flow(noise: torch.Tensor, velocity: VelocityFn | None, options: Guida
             needed.append("text_uncond")
             if image_scale > 1.0:
                 needed.append("image_uncond")
-        branches = velocities(needed, x, t)
+        compute = (options.cache_interval == 1 or i % options.cache_interval == 0
+                   or any(len(history.get(b, ())) < 2 for b in needed))
+        if compute:
+            branches = velocities(needed, x, t)
+            for name, value in branches.items():
+                history[name] = [*history.get(name, [])[-1:], (t, value)]
+        else:
+            branches = {name: _extrapolate(history[name], t) for name in needed}
         v = combine_guidance(branches["cond"], branches.get("text_uncond"), branches.get("image_uncond"),
                              text_scale=text_scale, image_scale=image_scale,
                              renorm_type=options.renorm_type, renorm_min=options.renorm_min)
         x = x - v.to(x.dtype) * dt
         if on_step is not None:
-            on_step(i, len(timesteps), StepRecord(t=float(t), v=v, branches=branches))
+            on_step(i, len(timesteps), StepRecord(t=float(t), v=v, branches=branches, computed=compute))
     return x
+
+
+def _extrapolate(points: list[tuple[torch.Tensor, torch.Tensor]], t: torch.Tensor) -> torch.Tensor:
+    """First-order Taylor step from the last two evaluations: v(t) ~ v1 + (t - t1) (v1 - v0) / (t1 - t0)."""
+    (t0, v0), (t1, v1) = points
+    return v1 + (v1 - v0) * float((t - t1) / (t1 - t0))

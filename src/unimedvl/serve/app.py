@@ -239,12 +239,13 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
             raise APIError(400, str(exc)) from None
 
     def guidance(kind: str, steps: int | None, text_scale: float | None, image_scale: float | None,
-                 shift: float | None = None) -> GuidanceOptions:
+                 shift: float | None = None, cache_interval: int | None = None) -> GuidanceOptions:
         if steps is not None and not 2 <= steps <= settings.max_steps:
             raise APIError(400, f"num_inference_steps must be in [2, {settings.max_steps}], got {steps}",
                            param="num_inference_steps")
         overrides = {k: v for k, v in (("num_timesteps", steps), ("text_scale", text_scale),
-                                       ("image_scale", image_scale), ("timestep_shift", shift)) if v is not None}
+                                       ("image_scale", image_scale), ("timestep_shift", shift),
+                                       ("cache_interval", cache_interval)) if v is not None}
         factory = GuidanceOptions.editing if kind == "edit" else GuidanceOptions.text_to_image
         try:
             options = factory(**overrides)
@@ -421,7 +422,7 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
         if height is None:
             height = width = model.image_config.default_size
         options = guidance("generate", body.num_inference_steps, body.guidance_scale, body.image_guidance_scale,
-                           body.timestep_shift)
+                           body.timestep_shift, body.cache_interval)
         run = image_run("generate", body.prompt, body.n, body.seed, height, width, options)
         return await images_response(new_job("image", run=run), request, body.stream)
 
@@ -449,7 +450,7 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
                                        "image", upload.filename or "")
         height, width = output_size(body.size)
         options = guidance("edit", body.num_inference_steps, body.guidance_scale, body.image_guidance_scale,
-                           body.timestep_shift)
+                           body.timestep_shift, body.cache_interval)
         run = image_run("edit", body.prompt, body.n, body.seed, height, width, options, source=scan.image)
         return await images_response(new_job("image", run=run), request, body.stream)
 

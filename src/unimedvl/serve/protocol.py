@@ -90,6 +90,7 @@ class ImageGenerationRequest(_Open):
     guidance_scale: Optional[float] = None
     image_guidance_scale: Optional[float] = None
     timestep_shift: Optional[float] = None
+    cache_interval: Optional[int] = None  # network every N steps, velocities extrapolated between
 
 
 def parse_size(size: str | None, param: str = "size") -> tuple[int, int] | None:
