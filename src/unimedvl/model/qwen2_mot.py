@@ -79,6 +79,27 @@ def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype:
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+class RopeTable:
+    """`rope_cos_sin` precomputed for positions 0..n-1 (grown by doubling), so a forward only gathers rows.
+
+    Each row is computed exactly as `rope_cos_sin` computes it, so the values are the same bits.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        self.head_dim, self.theta = head_dim, theta
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (position_ids.device, dtype)
+        needed = int(position_ids.max()) + 1 if position_ids.numel() else 1
+        table = self._tables.get(key)
+        if table is None or table[0].shape[0] < needed:
+            size = max(256, 1 << (needed - 1).bit_length())
+            table = rope_cos_sin(torch.arange(size, device=position_ids.device), self.head_dim, self.theta, dtype)
+            self._tables[key] = table
+        return table[0][position_ids], table[1][position_ids]
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE on `[L, heads, D]`."""
     half = x.shape[-1] // 2
@@ -227,6 +248,7 @@ class Qwen2MoTModel(nn.Module):
         self.layers = nn.ModuleList(MoTDecoderLayer(config, idx) for idx in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.norm_moe_gen = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rope = RopeTable(config.head_dim, config.rope_theta)  # not a module or buffer: not in the state dict
 
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, *, gen_mask: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, cache: KVBlock | None = None,
@@ -250,7 +272,7 @@ class Qwen2MoTModel(nn.Module):
                 group b an uncached block over the context `branch_caches[b]` (bidirectional, no mask).
         """
         routing = Routing.from_mask(gen_mask)
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, embeds.dtype)
+        cos, sin = self.rope(position_ids, embeds.dtype)
         if causal and attn_mask is not None:
             raise ValueError("give a causal block or an attention mask, not both")
         if row_caches is not None and (cache is not None or attn_mask is not None or len(row_caches) != embeds.shape[0]):
