@@ -4,7 +4,8 @@
                                     [--small-dir DIR] [--json out.json]
 
 For each config and size it times text-to-image (2 branches: full and text-unconditional) and editing
-(3 branches: + image-unconditional) with guidance, `UniMedVL.batch_guidance` on and off, interleaved
+(3 branches: + image-unconditional) with guidance, `UniMedVL.batch_guidance` forced on (True) and off
+(False; the engine's default "auto" batches on CPU up to 256 latent tokens, 256 x 256 px), interleaved
 (best of --repeats), and compares the two outputs (largest pixel difference, PSNR). With --cache it also
 times feature caching (`GuidanceOptions.cache_interval`: the network every N steps, each branch's
 velocity extrapolated in between) and states its quality cost as PSNR / SSIM against the uncached image. The small preset

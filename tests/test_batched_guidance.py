@@ -23,7 +23,7 @@ def _run(engine: UniMedVL, batched: bool, kind: str, image: Path) -> GenerationT
             engine.edit(image, "Convert to FLAIR.", seed=0, trace=trace, height=32, width=32,
                         guidance=GuidanceOptions.editing(num_timesteps=6))
     finally:
-        engine.batch_guidance = True
+        engine.batch_guidance = "auto"
     return trace
 
 

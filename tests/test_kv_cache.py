@@ -53,9 +53,14 @@ def test_uncommitted_blocks_leave_the_cache_unchanged() -> None:
     _append(cache, [1.0])
     fork = cache.fork()
     _append(cache, [2.0])
-    for ctx in (cache, fork):  # owner uses scratch rows; the fork concatenates
+    for ctx in (cache, fork):  # both write scratch rows past the filled end; the fork masks the owner's row out
         k = torch.full((2, 1, 2), 7.0)
-        keys, _ = ctx.open_block(2, commit=False).layer_kv(0, k, k)
-        assert keys.shape[1] == ctx.length + 2
+        block = ctx.open_block(2, commit=False)
+        keys, _ = block.layer_kv(0, k, k)
+        mask = block.key_mask(2)
+        visible = keys[:, mask[0]] if mask is not None else keys
+        assert visible.shape[1] == ctx.length + 2 and float(visible[0, -1, 0]) == 7.0
+        assert (mask is None) == (ctx is cache)  # no copy of the fork's prefix: a mask instead
+    assert mask is not None and mask[0].tolist() == [True, False, True, True]
     assert _keys(cache) == [1.0, 2.0] and _keys(fork) == [1.0]
     assert cache.length == 2 and fork.length == 1

@@ -94,20 +94,21 @@ class KVCache:
         fresh.filled = self.length
         self.store = fresh
 
-    def open_block(self, num_tokens: int, *, commit: bool) -> "KVBlock":
+    def open_block(self, num_tokens: int, *, commit: bool, scratch_after: int = 0) -> "KVBlock":
         """Prepare one forward of `num_tokens` query tokens over this context; returns where it writes.
 
         Committed blocks always write in place (copying our prefix first if the tail is shared).
-        Uncommitted blocks use scratch rows past the end when we own the tail, otherwise a
-        concatenation; either way the context does not grow.
+        Uncommitted blocks write scratch rows past the store's filled end, `scratch_after` rows
+        further when other blocks of the same forward use the first ones; a context behind the
+        store's tail (a fork the owner has since appended to) masks the owner's rows out instead of
+        copying its own prefix. Either way the context does not grow.
         """
         if commit:
             self.reserve(num_tokens)
             return KVBlock(self, in_place=True)
-        if self.store.filled == self.length:
-            self.store.ensure_capacity(self.length + num_tokens, keep=self.length)
-            return KVBlock(self, in_place=True)
-        return KVBlock(self, in_place=False)
+        start = self.store.filled + scratch_after
+        self.store.ensure_capacity(start + num_tokens, keep=self.store.filled)
+        return KVBlock(self, in_place=True, scratch_start=None if start == self.length else start)
 
     def commit(self, num_tokens: int, rope_advance: int) -> None:
         """The block's rows become part of the context; the next split starts `rope_advance` positions later."""
@@ -122,13 +123,29 @@ class KVBlock:
 
     cache: KVCache
     in_place: bool
+    scratch_start: int | None = None  # uncommitted rows written here, past other contexts' rows (masked out)
+
+    def key_mask(self, num_tokens: int) -> torch.Tensor | None:
+        """`[1, keys]` boolean: which keys of `layer_kv` the block sees (None: all of them)."""
+        if self.scratch_start is None:
+            return None
+        mask = torch.zeros(1, self.scratch_start + num_tokens, dtype=torch.bool, device=self.cache.store.device)
+        mask[:, : self.cache.length] = True
+        mask[:, self.scratch_start:] = True
+        return mask
 
     def layer_kv(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values `[kv_heads, length + n, head_dim]` for attention, with `k_new` `[n, kv_heads, hd]`."""
+        """Keys/values `[kv_heads, length + n, head_dim]` for attention, with `k_new` `[n, kv_heads, hd]`
+        (`[kv_heads, scratch_start + n, head_dim]` with rows to mask out, see `key_mask`)."""
         cache, store = self.cache, self.cache.store
         n = k_new.shape[0]
         k_new = k_new.transpose(0, 1).to(store.dtype)
         v_new = v_new.transpose(0, 1).to(store.dtype)
+        if self.scratch_start is not None:
+            end = self.scratch_start + n
+            store.keys[layer][:, self.scratch_start:end] = k_new
+            store.values[layer][:, self.scratch_start:end] = v_new
+            return store.keys[layer][:, :end], store.values[layer][:, :end]
         if self.in_place:
             end = cache.length + n
             store.keys[layer][:, cache.length:end] = k_new

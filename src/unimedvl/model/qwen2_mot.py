@@ -182,7 +182,7 @@ class MoTAttention(nn.Module):
             k_all, v_all = block.layer_kv(self.layer_idx, k[rows], v[rows])
             out = F.scaled_dot_product_attention(
                 q[rows].transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
-                enable_gqa=self.num_heads != self.num_kv_heads)
+                attn_mask=block.key_mask(m), enable_gqa=self.num_heads != self.num_kv_heads)
             outs.append(out[0].transpose(0, 1).reshape(m, -1))
         return torch.cat(outs)
 
@@ -206,6 +206,8 @@ class MoTAttention(nn.Module):
         else:
             k_all, v_all = inputs.cache.layer_kv(self.layer_idx, k, v)  # [Hkv, Lk, D]
         mask = inputs.attn_mask
+        if inputs.cache is not None and inputs.cache.scratch_start is not None:
+            mask = inputs.cache.key_mask(q.shape[0])  # a fork behind the store's tail: skip the owner's rows
         if inputs.causal:
             # SDPA takes the causal kernel for this (a dense boolean mask forces the slower masked path);
             # lower-right alignment: query r sees cached keys and block keys up to r.

@@ -35,7 +35,7 @@ from torch import nn
 
 from unimedvl.config import UnifiedConfig
 from unimedvl.model.connectors import MLPconnector, PositionEmbedding, TimestepEmbedder
-from unimedvl.model.kv_cache import KVBlock, KVCache
+from unimedvl.model.kv_cache import KVCache
 from unimedvl.model.layers import Linear
 from unimedvl.model.packing import (
     PackedBatch,
@@ -219,8 +219,8 @@ class UniMedVLModel(nn.Module):
         """`velocity` of one noisy block against each of several contexts (the guidance branches), in one forward.
 
         The projections and MLPs run once over all B copies of the block; each copy attends to its own
-        context. A context that owns its store's tail attends through scratch rows past its end, a second
-        one of the same store through a concatenation (they would otherwise write the same rows).
+        context, through its own scratch rows past the store's end (contexts sharing a store take
+        successive rows; rows that are not theirs are masked out, nothing is copied).
         """
         block = self.frame_image_block(embeds, special)
         m, count = block.shape[0], len(caches)
@@ -228,14 +228,10 @@ class UniMedVLModel(nn.Module):
         gen_mask[0] = gen_mask[-1] = False  # the markers stay with the understanding expert
         positions = torch.tensor([p for c in caches for p in split_positions(SplitKind.NOISE, c.rope, m)],
                                  device=self.device)
-        blocks, scratch_stores = [], set()
+        blocks, scratch_used = [], {}  # rows of scratch each store already gives this forward
         for cache in caches:
-            opened = cache.open_block(m, commit=False)
-            if opened.in_place and id(cache.store) in scratch_stores:
-                opened = KVBlock(cache, in_place=False)
-            if opened.in_place:
-                scratch_stores.add(id(cache.store))
-            blocks.append(opened)
+            blocks.append(cache.open_block(m, commit=False, scratch_after=scratch_used.get(id(cache.store), 0)))
+            scratch_used[id(cache.store)] = scratch_used.get(id(cache.store), 0) + m
         hidden = self.language_model.model(block.repeat(count, 1), positions, gen_mask=gen_mask.repeat(count),
                                            branch_caches=tuple(blocks))
         return [self.llm2vae(hidden[b * m + 1:(b + 1) * m - 1]) for b in range(count)]
