@@ -300,3 +300,16 @@ def test_conversations_keep_their_order_with_the_system_prompt_first() -> None:
     with pytest.raises(APIError, match="user messages only"):
         chat_input(ChatCompletionRequest(messages=[{"role": "assistant", "content": [
             {"type": "image_url", "image_url": {"url": image}}]}]), ServerSettings.tiny())
+
+
+def test_an_understanding_only_server_answers_and_refuses_to_draw() -> None:
+    understanding = UniMedVL.from_pretrained(default_checkpoint(), mode="understanding", quantize="int8")
+    with TestClient(create_app(understanding, ServerSettings.tiny())) as client:
+        info = client.get("/v1/models").json()["data"][0]["unimedvl"]
+        assert info["load_mode"] == "understanding" and info["quantize"] == "int8" and info["generation"] is False
+        reply = client.post("/v1/chat/completions", json=_chat("What imaging modality is this?"))
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+        for response in (client.post("/v1/images/generations", json={"prompt": "A chest X-ray."}),
+                         client.post("/v1/images/edits", data={"prompt": "x"}, files={"image": ("a.png", SMALL_PNG)}),
+                         client.post("/v1/chat/completions", json=_chat("Draw one.", modalities=["image"]))):
+            assert response.status_code == 400 and "understanding only" in response.json()["error"]["message"]
