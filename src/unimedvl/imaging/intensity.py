@@ -53,25 +53,26 @@ def parse_window(text: str) -> Window:
     return text
 
 
-def window(array: np.ndarray, center: float, width: float) -> np.ndarray:
-    lo, hi = center - width / 2, center + width / 2
+def _stretch(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """[lo, hi] -> 0-255, clipped, rounded half up (every rule below ends here)."""
     return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 255.0 + 0.5).astype(np.uint8)
+
+
+def window(array: np.ndarray, center: float, width: float) -> np.ndarray:
+    return _stretch(array, center - width / 2, center + width / 2)
 
 
 def percentile_normalise(array: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
     """Stretch the [low, high] percentiles of the non-zero values to 0-255 (all values when every one is zero)."""
     values = array[array != 0] if np.any(array != 0) else array.reshape(-1)
     lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 255.0 + 0.5).astype(np.uint8)
+    return _stretch(array, lo, hi if hi > lo else lo + 1.0)
 
 
 def stretch_percentiles(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Stretch the [low, high] percentiles of all values to 0-255 (radiographs, 16-bit PNGs)."""
     lo, hi = np.percentile(array, [low, high]) if array.size else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1.0
-    return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 255 + 0.5).astype(np.uint8)
+    return _stretch(array, lo, hi if hi > lo else lo + 1.0)
 
 
 def grey_to_uint8(values: np.ndarray, modality: str | None, window_: Window | None = None) -> np.ndarray:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from unimedvl.errors import InputError
 from unimedvl.imaging.dicom_tags import technical_tags
-from unimedvl.imaging.intensity import DEFAULT_CT_WINDOW, Window, grey_to_uint8, resolve_window
+from unimedvl.imaging.intensity import DEFAULT_CT_WINDOW, Window, grey_to_uint8, resolve_window, stretch_percentiles
 
 Source = Union[str, Path, bytes]
 
@@ -173,8 +173,6 @@ def _read_picture(data: bytes, label: str, options: ReadOptions, max_pixels: int
 def dicom_display(ds: Any, frame: np.ndarray, modality: str, window_: Window | None = None) -> np.ndarray:
     """One DICOM frame -> uint8 `[H, W]` (or `[H, W, 3]` for colour): modality LUT, window, MONOCHROME1."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    from unimedvl.imaging.intensity import stretch_percentiles
 
     if frame.ndim == 3 and frame.shape[-1] == 3:  # colour (ultrasound, photos)
         return frame.astype(np.uint8) if frame.dtype == np.uint8 else stretch_percentiles(frame, 0, 100)

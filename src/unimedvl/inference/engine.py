@@ -353,7 +353,8 @@ class UniMedVL:
         _check_prompt(question, "question")
         if isinstance(images, (str, Path, bytes, Image.Image)) or hasattr(images, "shape"):
             images = [images]  # type: ignore[list-item]
-        pictures = [load_image(image) for image in images]  # type: ignore[union-attr]  (a str here is a path)
+        # A str here is a path; in a conversation a str is text, so paths go on as Path (read once, there).
+        pictures = [Path(image) if isinstance(image, str) else image for image in images]  # type: ignore[union-attr]
         return self.chat_context([*pictures, question], think=think)
 
     @torch.no_grad()

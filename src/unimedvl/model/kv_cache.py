@@ -105,10 +105,10 @@ class KVCache:
         """
         if commit:
             self.reserve(num_tokens)
-            return KVBlock(self, in_place=True)
+            return KVBlock(self, start=self.length)
         start = self.store.filled + scratch_after
         self.store.ensure_capacity(start + num_tokens, keep=self.store.filled)
-        return KVBlock(self, in_place=True, scratch_start=None if start == self.length else start)
+        return KVBlock(self, start=start)
 
     def commit(self, num_tokens: int, rope_advance: int) -> None:
         """The block's rows become part of the context; the next split starts `rope_advance` positions later."""
@@ -122,35 +122,21 @@ class KVBlock:
     """One forward's view of a context: each layer's keys/values are the context's plus the block's own."""
 
     cache: KVCache
-    in_place: bool
-    scratch_start: int | None = None  # uncommitted rows written here, past other contexts' rows (masked out)
+    start: int  # the store row the block's first token is written to: the context's end, or scratch past it
 
     def key_mask(self, num_tokens: int) -> torch.Tensor | None:
         """`[1, keys]` boolean: which keys of `layer_kv` the block sees (None: all of them)."""
-        if self.scratch_start is None:
+        if self.start == self.cache.length:
             return None
-        mask = torch.zeros(1, self.scratch_start + num_tokens, dtype=torch.bool, device=self.cache.store.device)
-        mask[:, : self.cache.length] = True
-        mask[:, self.scratch_start:] = True
+        mask = torch.zeros(1, self.start + num_tokens, dtype=torch.bool, device=self.cache.store.device)
+        mask[:, : self.cache.length] = True  # the context's own rows, then the block's; other contexts' rows between
+        mask[:, self.start:] = True
         return mask
 
     def layer_kv(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values `[kv_heads, length + n, head_dim]` for attention, with `k_new` `[n, kv_heads, hd]`
-        (`[kv_heads, scratch_start + n, head_dim]` with rows to mask out, see `key_mask`)."""
-        cache, store = self.cache, self.cache.store
-        n = k_new.shape[0]
-        k_new = k_new.transpose(0, 1).to(store.dtype)
-        v_new = v_new.transpose(0, 1).to(store.dtype)
-        if self.scratch_start is not None:
-            end = self.scratch_start + n
-            store.keys[layer][:, self.scratch_start:end] = k_new
-            store.values[layer][:, self.scratch_start:end] = v_new
-            return store.keys[layer][:, :end], store.values[layer][:, :end]
-        if self.in_place:
-            end = cache.length + n
-            store.keys[layer][:, cache.length:end] = k_new
-            store.values[layer][:, cache.length:end] = v_new
-            return store.keys[layer][:, :end], store.values[layer][:, :end]
-        k = torch.cat([store.keys[layer][:, : cache.length], k_new], dim=1)
-        v = torch.cat([store.values[layer][:, : cache.length], v_new], dim=1)
-        return k, v
+        """Keys/values `[kv_heads, start + n, head_dim]` for attention, with `k_new` `[n, kv_heads, hd]`
+        (rows of other contexts between the context's end and `start` are masked out, see `key_mask`)."""
+        store, end = self.cache.store, self.start + k_new.shape[0]
+        store.keys[layer][:, self.start:end] = k_new.transpose(0, 1)
+        store.values[layer][:, self.start:end] = v_new.transpose(0, 1)
+        return store.keys[layer][:, :end], store.values[layer][:, :end]

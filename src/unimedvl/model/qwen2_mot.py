@@ -162,7 +162,7 @@ class MoTAttention(nn.Module):
         gqa = self.num_heads != self.num_kv_heads
         outs = []
         for i, block in enumerate(rows):
-            store, start = block.cache.store, block.cache.length
+            store, start = block.cache.store, block.start
             keys, values = store.keys[self.layer_idx], store.values[self.layer_idx]
             keys[:, start] = k[i]
             values[:, start] = v[i]
@@ -206,7 +206,7 @@ class MoTAttention(nn.Module):
         else:
             k_all, v_all = inputs.cache.layer_kv(self.layer_idx, k, v)  # [Hkv, Lk, D]
         mask = inputs.attn_mask
-        if inputs.cache is not None and inputs.cache.scratch_start is not None:
+        if inputs.cache is not None and mask is None:
             mask = inputs.cache.key_mask(q.shape[0])  # a fork behind the store's tail: skip the owner's rows
         if inputs.causal:
             # SDPA takes the causal kernel for this (a dense boolean mask forces the slower masked path);

@@ -303,6 +303,23 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
             return {"images": n, "data": data, "text": text}
         return run
 
+    async def read_upload(form: Any, what: str) -> Any:
+        """The form's `image` file through the reader, with its `window` / `slice` / `axis` fields."""
+        upload = form.get("image") or form.get("image[]")
+        if upload is None or isinstance(upload, str):
+            raise APIError(400, f"{what} needs an `image` file", param="image")
+        try:
+            reading = ReaderOptions(**{k: v for k, v in form.items()
+                                       if isinstance(v, str) and k in ("window", "slice", "axis")})
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        data = await upload.read()
+        if len(data) > settings.max_image_bytes:
+            raise APIError(413, f"the image is larger than the {settings.max_image_bytes:,} bytes accepted",
+                           param="image", code="image_too_large")
+        return await run_in_threadpool(read_image_bytes, data, None, reader_options(reading, "image"), settings,
+                                       "image", upload.filename or "")
+
     async def images_response(job: Job, request: Request, stream: bool) -> Response:
         if not stream:
             result = await result_of(job, request)
@@ -429,25 +446,16 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
     @app.post("/v1/images/edits")
     async def edits(request: Request) -> Response:
         form = await request.form(max_files=2, max_fields=32)
-        upload = form.get("image") or form.get("image[]")
-        if upload is None or isinstance(upload, str):
-            raise APIError(400, "an edit needs an `image` file", param="image")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         try:
             body = ImageGenerationRequest(**{k: v for k, v in fields.items() if k in ImageGenerationRequest.model_fields})
-            reading = ReaderOptions(**{k: v for k, v in fields.items() if k in ("window", "slice", "axis")})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
         check_model(body.model)
         check_image_request(body.n, body.response_format)
         if not body.prompt.strip():
             raise APIError(400, "prompt is empty", param="prompt")
-        data = await upload.read()
-        if len(data) > settings.max_image_bytes:
-            raise APIError(413, f"the image is larger than the {settings.max_image_bytes:,} bytes accepted",
-                           param="image", code="image_too_large")
-        scan = await run_in_threadpool(read_image_bytes, data, None, reader_options(reading, "image"), settings,
-                                       "image", upload.filename or "")
+        scan = await read_upload(form, "an edit")
         height, width = output_size(body.size)
         options = guidance("edit", body.num_inference_steps, body.guidance_scale, body.image_guidance_scale,
                            body.timestep_shift, body.cache_interval)
@@ -457,21 +465,7 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
     @app.post("/v1/preview")
     async def preview(request: Request) -> JSONResponse:
         """Extension: how the reader renders an upload (DICOM / NIfTI with window and slice), for the page."""
-        form = await request.form(max_files=1, max_fields=8)
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise APIError(400, "a preview needs an `image` file", param="image")
-        fields = {k: v for k, v in form.items() if isinstance(v, str) and k in ("window", "slice", "axis")}
-        try:
-            reading = ReaderOptions(**fields)
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from None
-        data = await upload.read()
-        if len(data) > settings.max_image_bytes:
-            raise APIError(413, f"the image is larger than the {settings.max_image_bytes:,} bytes accepted",
-                           param="image", code="image_too_large")
-        scan = await run_in_threadpool(read_image_bytes, data, None, reader_options(reading, "image"), settings,
-                                       "image", upload.filename or "")
+        scan = await read_upload(await request.form(max_files=1, max_fields=8), "a preview")
         return JSONResponse({"image": f"data:image/png;base64,{_png_b64(scan.image)}", "format": scan.format,
                              "modality": scan.modality, "metadata": scan.metadata})
 

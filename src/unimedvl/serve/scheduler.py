@@ -78,7 +78,7 @@ class Scheduler:
         self._text: collections.deque[Job] = collections.deque()
         self._image: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
-        self.largest_batch = 0  # the most text requests one forward has decoded (metrics, tests)
+        self.largest_batch = 0  # the most text requests one forward has decoded (read by the tests)
         self._wake = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="unimedvl-model", daemon=True)
