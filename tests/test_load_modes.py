@@ -55,3 +55,31 @@ def test_bad_modes_are_named() -> None:
         load_checkpoint(SHIPPED, mode="fast")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="quantize must be"):
         load_checkpoint(SHIPPED, quantize="int4")  # type: ignore[arg-type]
+
+
+def test_int8_quantizes_in_row_chunks_and_names_a_nan_in_any_chunk(tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from unimedvl.errors import CheckpointError
+
+    weight = torch.randn(37, 16, generator=torch.Generator().manual_seed(0))
+    whole, chunked = Int8Linear(16, 37, bias=False), Int8Linear(16, 37, bias=False)
+    assert whole.load_weight(weight, torch.device("cpu"))
+    assert chunked.load_weight(lambda start, stop: weight[start:stop], torch.device("cpu"), rows_per_chunk=5)
+    assert torch.equal(whole.weight, chunked.weight) and torch.equal(whole.weight_scale, chunked.weight_scale)
+    weight[33, 2] = float("nan")  # in the last chunk only
+    assert not Int8Linear(16, 37, bias=False).load_weight(weight, torch.device("cpu"), rows_per_chunk=5)
+
+    folder = tmp_path / "nan"
+    shutil.copytree(REFERENCE_TINY, folder)
+    tensors = load_file(folder / "ema.safetensors")
+    key = "language_model.model.layers.1.mlp.up_proj.weight"
+    tensors[key] = tensors[key].clone()
+    tensors[key][-1, -1] = float("nan")
+    save_file(tensors, str(folder / "ema.safetensors"))
+    with pytest.raises(CheckpointError, match="non-finite.*layers.1.mlp.up_proj.weight"):
+        load_checkpoint(folder, mode="understanding", quantize="int8")
+    with pytest.raises(CheckpointError, match="non-finite.*layers.1.mlp.up_proj.weight"):
+        load_checkpoint(folder)  # fp32: converted through a short-lived mapping, checked in chunks

@@ -84,16 +84,25 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device)) if bias else None
 
     @torch.no_grad()
-    def load_weight(self, weight: torch.Tensor, device: torch.device, rows_per_chunk: int = 4096) -> None:
+    def load_weight(self, weight: torch.Tensor | Callable[[int, int], torch.Tensor], device: torch.device,
+                    rows_per_chunk: int = 4096) -> bool:
+        """Quantize `weight` (a float tensor, or `rows(start, stop)` giving its rows) chunk by chunk.
+
+        Returns whether every value was finite (checked per chunk: no full-size temporary).
+        """
+        rows_of = weight if callable(weight) else (lambda start, stop: weight[start:stop])
         quantized = torch.empty(self.out_features, self.in_features, dtype=torch.int8, device=device)
         scale = torch.empty(self.out_features, dtype=torch.float32, device=device)
+        finite = True
         for start in range(0, self.out_features, rows_per_chunk):
-            rows = weight[start:start + rows_per_chunk].to(device=device, dtype=torch.float32)
+            stop = min(start + rows_per_chunk, self.out_features)
+            rows = rows_of(start, stop).to(device=device, dtype=torch.float32)
+            finite = finite and bool(torch.isfinite(rows).all())
             row_scale = rows.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-            quantized[start:start + rows_per_chunk] = torch.round(rows / row_scale[:, None]).clamp_(-127, 127).to(
-                torch.int8)
-            scale[start:start + rows_per_chunk] = row_scale
+            quantized[start:stop] = torch.round(rows / row_scale[:, None]).clamp_(-127, 127).to(torch.int8)
+            scale[start:stop] = row_scale
         self.weight, self.weight_scale = quantized, scale
+        return finite
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = fast_matvec(x, self.weight, self.bias, self.weight_scale)
