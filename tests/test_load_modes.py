@@ -83,3 +83,19 @@ def test_int8_quantizes_in_row_chunks_and_names_a_nan_in_any_chunk(tmp_path: Pat
         load_checkpoint(folder, mode="understanding", quantize="int8")
     with pytest.raises(CheckpointError, match="non-finite.*layers.1.mlp.up_proj.weight"):
         load_checkpoint(folder)  # fp32: converted through a short-lived mapping, checked in chunks
+
+
+def test_cpu_vae_runs_channels_last_and_returns_the_usual_layout() -> None:
+    import copy
+
+    vae = load_checkpoint(SHIPPED).vae
+    assert vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(vae).to(memory_format=torch.contiguous_format)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(1, 3, 64, 48, generator=generator) * 2 - 1
+    with torch.no_grad():
+        latent, reference_latent = vae.encode(pixels), plain.encode(pixels)
+        decoded, reference_decoded = vae.decode(latent), plain.decode(latent)
+    assert latent.is_contiguous() and decoded.is_contiguous()
+    torch.testing.assert_close(latent, reference_latent, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decoded, reference_decoded, atol=1e-4, rtol=1e-4)  # convolutions sum in another order

@@ -168,6 +168,8 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
             vae, report = load_vae(ae_path, config.vae, dtype=vae_dtype, device=device, strict=strict)
             reports.append(report)
             vae.eval().requires_grad_(False)
+            if device.type == "cpu":
+                vae.to(memory_format=torch.channels_last)  # faster CPU convolutions; sums reordered (~1e-4 on [-1, 1])
         else:
             log.warning("%s has no ae.safetensors: image generation and editing are unavailable", folder)
     for report in reports:

