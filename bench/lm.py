@@ -34,39 +34,33 @@ DECODE_STEPS = 32
 SHIPPED = REFERENCE_TINY.parent / "unimedvl-tiny"
 
 
-def read_bandwidth_probes(megabytes: int = 1024, repeats: int = 5) -> dict[str, float]:
-    """Streaming read bandwidth (GB/s) of a buffer far larger than the caches, by three kernels, best of `repeats`:
-    torch's sum, a BLAS dot product with a ones vector, and a BLAS matrix-vector product (decoding's pattern)."""
-    n = megabytes * 2**20 // 4
-    x = torch.ones(n)
-    ones = torch.ones(n)
-    matrix = x.view(4096, -1)
-    vector = torch.ones(matrix.shape[1])
-    kernels = {"sum": (lambda: x.sum(), 4 * n), "dot": (lambda: torch.dot(x, ones), 8 * n),
-               "matvec": (lambda: torch.mv(matrix, vector), 4 * n)}
-    out = {}
-    for name, (fn, nbytes) in kernels.items():
-        fn()
-        out[name] = nbytes / min(_timed(fn) for _ in range(repeats)) / 1e9
-    return out
-
-
-class InterleavedProbe:
-    """The dot-product read probe, kept allocated, to run beside each decode measurement: this machine's read
-    bandwidth moves over minutes (50-78 GB/s seen), so a limit probed once at the start can understate or
-    overstate the fraction a later decode reaches."""
+class ReadProbe:
+    """Streaming read bandwidth (GB/s) of buffers far larger than the caches, allocated once: torch's sum, a BLAS
+    dot product with a ones vector and a BLAS matrix-vector product (decoding's pattern). The dot probe also runs
+    beside each decode measurement: this machine's read bandwidth moves over minutes (50-79 GB/s seen), so a
+    limit probed once at the start can understate or overstate the fraction a later decode reaches."""
 
     def __init__(self, megabytes: int = 1024) -> None:
-        n = megabytes * 2**20 // 4
-        self.x, self.ones, self.nbytes = torch.ones(n), torch.ones(n), 8 * n
+        self.n = megabytes * 2**20 // 4
+        self.x, self.ones = torch.ones(self.n), torch.ones(self.n)
 
-    def measure(self, repeats: int = 3) -> float:
-        return self.nbytes / min(_timed(lambda: torch.dot(self.x, self.ones)) for _ in range(repeats)) / 1e9
+    def _best(self, fn, nbytes: int, repeats: int) -> float:  # noqa: ANN001
+        fn()
+        return nbytes / min(_timed(fn) for _ in range(repeats)) / 1e9
+
+    def dot(self, repeats: int = 3) -> float:
+        return self._best(lambda: torch.dot(self.x, self.ones), 8 * self.n, repeats)
+
+    def all(self, repeats: int = 5) -> dict[str, float]:
+        matrix = self.x.view(4096, -1)
+        vector = self.ones[: matrix.shape[1]]
+        return {"sum": self._best(lambda: self.x.sum(), 4 * self.n, repeats), "dot": self.dot(repeats),
+                "matvec": self._best(lambda: torch.mv(matrix, vector), 4 * self.n, repeats)}
 
 
 def read_bandwidth_gbs(megabytes: int = 1024, repeats: int = 5) -> float:
     """The best of the read-bandwidth probes: the machine's streaming limit as far as these kernels reach it."""
-    return max(read_bandwidth_probes(megabytes, repeats).values())
+    return max(ReadProbe(megabytes).all(repeats).values())
 
 
 def _timed(fn) -> float:  # noqa: ANN001
@@ -204,8 +198,8 @@ def check_logits(model, peer, length: int = 64) -> float:  # noqa: ANN001
 
 
 def bench_config(name: str, contexts: list[int], repeats: int, peak: float, bandwidth: float,
-                 with_int8: bool = False, probe: InterleavedProbe | None = None) -> list[dict]:
-    probe = probe or InterleavedProbe()
+                 with_int8: bool = False, probe: ReadProbe | None = None) -> list[dict]:
+    probe = probe or ReadProbe()
     model = load_ours(name)
     peer = hf_peer(model)
     drift = check_logits(model, peer)
@@ -230,9 +224,9 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
         token = ids[-1:]
         beside: list[float] = []
         for _ in range(max(2, r)):
-            beside.append(probe.measure())
+            beside.append(probe.dot())
             times["ours_decode"].append(_timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
-            beside.append(probe.measure())
+            beside.append(probe.dot())
             if quantized is not None:
                 times["int8_decode"].append(_timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
             copy_s = _timed(lambda: copy.deepcopy(hf_cache))  # the peer's cache copy is ours' fork(): not decode time
@@ -264,14 +258,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    peak, probes = matmul_peak_gflops(), read_bandwidth_probes()
+    probe = ReadProbe()
+    peak, probes = matmul_peak_gflops(), probe.all()
     bandwidth = max(probes.values())
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
           f"fp32 matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s (best of "
           + ", ".join(f"{k} {v:.1f}" for k, v in probes.items()) + ")")
-    rows, probe = [], InterleavedProbe()
+    rows = []
     for name in args.configs.split(","):
         rows += bench_config(name, [int(c) for c in args.contexts.split(",")], args.repeats, peak, bandwidth,
                              with_int8=name in args.int8.split(","), probe=probe)

@@ -307,14 +307,12 @@ def load_weights(module: nn.Module, files: list[Path], key_map: KeyMap, *, dtype
             file_key = plan[key]
             owner_name, _, attr = key.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
-            tensor = tensors.get(key) if isinstance(owner, Int8Linear) and attr == "weight" else (
-                tensors[key] if key in tensors else opened[file_key].get_tensor(file_key))  # type: ignore[attr-defined]
             if isinstance(owner, Int8Linear) and attr == "weight":
-                if key not in tensors:
-                    _load_int8(owner, _rows_through_short_mappings(file_of[file_key], file_key), key, device, report)
-                else:
-                    _load_int8(owner, tensor, key, device, report)
+                weight = tensors[key] if key in tensors else _rows_through_short_mappings(file_of[file_key], file_key)
+                _load_int8(owner, weight, key, device, report)
                 continue
+            # get_tensor maps lazily: nothing is read until the tensor is used
+            tensor = tensors[key] if key in tensors else opened[file_key].get_tensor(file_key)  # type: ignore[attr-defined]
             if tensor.is_floating_point():
                 if key not in tensors and tensor.dtype == dtype and device.type == "cpu":
                     # The tensor stays memory-mapped: check it through a short-lived mapping, so the check does

@@ -44,12 +44,17 @@ class Routing:
             return cls(und_rows=gen_mask.new_zeros(0, dtype=torch.long), gen_rows=None)
         return cls(und_rows=(~gen_mask).nonzero().squeeze(1), gen_rows=gen_mask.nonzero().squeeze(1))
 
+    @property
+    def single_expert(self) -> bool | None:
+        """False: every row is understanding; True: every row is generation; None: mixed."""
+        if self.gen_rows is None:
+            return self.und_rows is not None
+        return None
+
     def apply(self, x: torch.Tensor, und: Callable[[torch.Tensor], torch.Tensor],
               gen: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        if self.gen_rows is None and self.und_rows is None:
-            return und(x)
-        if self.gen_rows is None:  # every row is generation
-            return gen(x)
+        if self.single_expert is not None:
+            return gen(x) if self.single_expert else und(x)
         und_out = und(x[self.und_rows])
         gen_out = gen(x[self.gen_rows])
         # Under autocast the experts' outputs are bf16 while x may be fp32: the result takes their dtype.
@@ -188,10 +193,8 @@ class MoTAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         routing = inputs.routing
-        if routing.gen_rows is None and routing.und_rows is None:  # one expert (text): no joined copy of q, k, v
-            q, k, v = self._qkv_parts(x, gen=False)
-        elif routing.gen_rows is None:
-            q, k, v = self._qkv_parts(x, gen=True)
+        if routing.single_expert is not None:  # one expert: no joined copy of q, k, v
+            q, k, v = self._qkv_parts(x, gen=routing.single_expert)
         else:
             qkv = routing.apply(x, lambda z: self._qkv(z, gen=False), lambda z: self._qkv(z, gen=True))
             q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
