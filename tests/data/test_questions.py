@@ -16,10 +16,14 @@ from unimedvl.data.schema import ImageRef
 from unimedvl.data.sources.base import RawRecord, RecordError, SourceConfig, encode_png
 from unimedvl.data.sources.folders import ClassFolder
 from unimedvl.data.tasks import (
+    CHOICE_SUFFIXES,
     CLASS_CHOICES,
     FINDING_YES_NO,
     MODALITY_ANSWERS,
+    MODALITY_SYNONYMS,
+    QUESTION_PREFIXES,
     STATE_YES_NO,
+    YES_NO_SUFFIXES,
     BuildContext,
     build_samples,
 )
@@ -57,12 +61,14 @@ def test_every_record_is_asked_once_yes_and_once_no() -> None:
 
 def test_each_phrasing_is_answered_yes_and_no_equally_often_given_balanced_classes() -> None:
     answers: dict[str, Counter] = defaultdict(Counter)
-    for sample in _samples():
+    for sample in _samples(2000):
         if sample.provenance["variant"].startswith("yesno"):
             question, answer = _qa(sample)
             answers[question][answer] += 1
     assert len(answers) >= 10  # several phrasings, findings and states
-    for question, counts in answers.items():
+    common = {q: c for q, c in answers.items() if sum(c.values()) >= 40}
+    assert len(common) >= 10
+    for question, counts in common.items():
         assert set(counts) == {"Yes.", "No."}, question
         assert 0.3 <= counts["Yes."] / sum(counts.values()) <= 0.7, (question, counts)
     # states are asked as states, findings as findings
@@ -91,16 +97,41 @@ def test_modality_questions_name_the_true_modality_among_two() -> None:
 
 
 def test_the_evaluation_sets_paraphrases_are_never_produced() -> None:
-    """The bundled sets ask paraphrases no template makes (so evaluation uses questions training never saw)."""
+    """The bundled sets ask paraphrases no template makes, bare or varied (so evaluation uses questions
+    training never saw)."""
     made = {t.format(x=x, m=m, a=a, b=b, A=a.capitalize())
             for t in FINDING_YES_NO + STATE_YES_NO + CLASS_CHOICES
-            for x in ("pneumonia", "normal", "malignant", "benign") for m in ("chest X-ray", "ultrasound image")
+            for x in ("pneumonia", "normal", "malignant", "benign")
+            for m in ["chest X-ray", "ultrasound image"] + MODALITY_SYNONYMS["chest_xray"] + MODALITY_SYNONYMS["ultrasound"]
             for a, b in (("normal", "pneumonia"), ("pneumonia", "normal"), ("benign", "malignant"),
                          ("malignant", "benign"))}
+    breast = BuildContext(tasks=("vqa",), label_set=("a malignant lesion", "a benign lesion"),
+                          options={"class_names": {"a malignant lesion": "malignant", "a benign lesion": "benign"},
+                                   "states": ["malignant", "benign"]})
+    for i in range(600):
+        for record, ctx in ((_record(i, ("pneumonia", "no pneumonia")[i % 2]), PNEUMONIA),
+                            (_record(i, ("a malignant lesion", "a benign lesion")[i % 2], "ultrasound"), breast)):
+            made |= {_qa(s)[0] for s in build_samples(record, ctx)}
     for name in ("cxr-pneumonia", "breast-ultrasound"):
         items = [json.loads(line) for line in (EVAL_SETS / name / "items.jsonl").read_text().splitlines()]
         unseen = {p for item in items for p in item.get("paraphrases", [])}
         assert unseen and not unseen & made, unseen & made
+
+
+def test_closed_questions_come_varied_as_users_type_them() -> None:
+    """About half of the closed questions carry a prefix, an answer-format suffix, lower case or a
+    modality synonym; a question never gets two answer-format hints."""
+    questions = [_qa(s)[0] for s in _samples(300) if s.provenance["variant"] in ("yesno", "yesno-other", "choice")]
+    bare = {t.format(x=x, m="chest X-ray", a=a, b=b, A=a.capitalize()) for t in FINDING_YES_NO + STATE_YES_NO + CLASS_CHOICES
+            for x in ("pneumonia", "normal") for a, b in (("normal", "pneumonia"), ("pneumonia", "normal"))}
+    varied = [q for q in questions if q not in bare]
+    assert 0.4 <= len(varied) / len(questions) <= 0.8
+    assert any(q.endswith(tuple(YES_NO_SUFFIXES)) for q in varied)
+    assert any(q.startswith(tuple(QUESTION_PREFIXES)) for q in varied)
+    assert any(q == q.lower() for q in varied)
+    assert any(name in q for q in varied for name in MODALITY_SYNONYMS["chest_xray"])
+    hints = {"Answer yes or no.", "Answer with one word.", *YES_NO_SUFFIXES, *CHOICE_SUFFIXES}
+    assert not any(sum(q.count(h) for h in hints) > 1 for q in questions)
 
 
 def test_class_folders_leave_out_every_image_of_the_listed_patients(tmp_path: Path) -> None:

@@ -62,6 +62,29 @@ def test_source_balance_per_family(train_corpus: Path) -> None:
     assert TrainConfig.from_dict(raw).data.balance_for("generation") == 0.0
 
 
+def test_source_weights_multiply_a_named_source(train_corpus: Path) -> None:
+    index = CorpusIndex(train_corpus)
+    names, weights = index.source_weights("understanding", 0.0, {"msd": 3.0})
+    assert dict(zip(names, weights)) == {"msd": 3.0, "pneumonia": 1.0}
+    config = DataConfig(mix={"understanding": 1.0}, tokens_per_pack=160, max_tokens_per_sample=200,
+                        source_balance=0.0, source_weights={"understanding": {"msd": 3.0}})
+    maker = PackMaker(index, TextTokenizer.from_dir(REFERENCE_TINY), config, UnifiedConfig.tiny(), seed=0)
+    source_of = {s.id: s.source for rows in index.by_source["understanding"].values() for s in rows}
+    drawn = Counter(source_of[sid] for i in range(40) for sid in maker.make(0, i).sample_ids)
+    assert 0.6 <= drawn["msd"] / sum(drawn.values()) <= 0.9  # 3 : 1 -> 75 %
+    raw = TrainConfig().to_dict()
+    raw["data"]["source_weights"] = {"understanding": {"msd": 2}}
+    assert TrainConfig.from_dict(raw).data.source_weights == {"understanding": {"msd": 2}}
+    with pytest.warns(UserWarning, match=r"source_weights\.understanding names sources .*'nowhere'"):
+        assert index.source_weights("understanding", 0.0, {"nowhere": 2.0})[1] == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="leaves no source"):
+        index.source_weights("understanding", 0.0, {"msd": 0, "pneumonia": 0})
+    for bad, message in (({"pictures": {"msd": 2}}, "maps families"), ({"understanding": {"msd": -1}}, "non-negative"),
+                         ({"understanding": [1]}, "non-negative")):
+        with pytest.raises(ConfigError, match=message):
+            DataConfig(source_weights=bad)
+
+
 @pytest.mark.parametrize("balance, message", [({"pictures": 0.5}, "unknown families"),
                                               ({"generation": 2.0}, r"source_balance\.generation"),
                                               ({"generation": "half"}, r"source_balance\.generation"),
@@ -170,3 +193,6 @@ def test_reading_augmentation_keeps_mode_and_size_and_varies() -> None:
     assert all(o.mode == "RGB" and 0.7 * 224 - 1 <= min(o.size) <= 224 for o in outs)
     assert len({o.tobytes() for o in outs}) == 4
     assert augment_for_reading(image, random.Random(2)).tobytes() == outs[2].tobytes()
+    small = Image.fromarray(np.random.default_rng(1).integers(0, 255, (28, 28, 3), dtype=np.uint8))
+    sides = [min(augment_for_reading(small, random.Random(seed)).size) for seed in range(50)]
+    assert min(sides) >= round(0.9 * 28) and len(set(sides)) > 1  # small images are cropped less, still cropped

@@ -44,6 +44,19 @@ STATE_YES_NO = ["Is this {m} {x}?", "Would you call this {m} {x}?", "Does this {
                 "Would you describe this {m} as {x}? Answer yes or no.", "Is this {x}?"]
 CLASS_CHOICES = ["Is this {m} {a} or {b}?", "Does this {m} show {a} or {b}?", "{A} or {b}?",
                  "Which is it, {a} or {b}?", "Is the finding {a} or {b}?", "Is this {a} or {b}? Answer with one word."]
+# Surface variation of closed questions (half of them get one): users add "Yes or no?", start with "Question:",
+# write "radiograph" for chest X-ray or type in lower case. None of these rebuilds an evaluation paraphrase.
+YES_NO_SUFFIXES = ["Yes or no?", "Please answer yes or no.", "Reply with yes or no.", "Answer with yes or no.",
+                   "Answer yes/no.", "Respond with Yes or No."]
+CHOICE_SUFFIXES = ["Answer with one word.", "Choose one.", "Pick one of the two.", "Give the class name."]
+QUESTION_PREFIXES = ["Question: ", "Look at the image. ", "Based on this image, ", "Looking at the image, ",
+                     "Q: ", "From the image: "]
+MODALITY_SYNONYMS = {"chest_xray": ["chest radiograph", "X-ray", "CXR", "chest film", "X-ray image"],
+                     "ultrasound": ["ultrasound", "sonogram", "ultrasound scan", "US image"],
+                     "mri": ["MRI", "MR image", "magnetic resonance image"], "ct": ["CT image", "CT", "CT slice"],
+                     "histopathology": ["slide", "pathology image", "H&E image"],
+                     "fundus": ["retinal photograph", "fundus image"], "oct": ["OCT scan", "OCT image"],
+                     "endoscopy": ["endoscopic image", "colonoscopy image"], "other": ["image"]}
 CAPTION_PROMPTS = ["Describe this image.", "Write a short caption for this {m}.", "What do you see in this image?"]
 CAPTION_ANSWERS = ["A {m} showing {label}.", "This {m} shows {label}.", "{M} with {label}."]
 T2I_PROMPTS = ["A {m} with {label}.", "{M} showing {label}.", "Generate a {m} of {label}.",
@@ -101,6 +114,31 @@ def _capital(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
+def varied_fill(modality: str, fill: dict, rng: random.Random) -> dict:
+    """`fill` with the modality named by a synonym a third of the time ("radiograph" for chest X-ray)."""
+    if rng.random() >= 1 / 3:
+        return fill
+    name = rng.choice(MODALITY_SYNONYMS[modality])
+    return {**fill, "m": name, "M": _capital(name)}
+
+
+def vary_question(question: str, rng: random.Random, suffixes: list[str] | None = None) -> str:
+    """A closed question as users type it: half are kept, the others get one of a prefix, a suffix
+    from `suffixes` (answer-format hints; none when omitted) or lower case. Independent of the answer,
+    so a phrasing balanced in yes / no stays balanced."""
+    kinds = ["prefix", "lower"] + (["suffix", "suffix"] if suffixes else [])
+    if rng.random() < 0.5:
+        return question
+    kind = rng.choice(kinds)
+    if kind == "suffix":
+        return f"{question} {rng.choice(suffixes or [])}"
+    if kind == "lower":
+        return question.lower()
+    prefix = rng.choice(QUESTION_PREFIXES)
+    # "Based on this image, is there ...": a prefix ending in a comma continues the sentence.
+    return prefix + (question[0].lower() + question[1:] if prefix.endswith(", ") else question)
+
+
 def class_names(ctx: BuildContext) -> dict[str, str]:
     """Label -> the short class name questions use (`options.class_names`; default: the label itself)."""
     names = (ctx.options or {}).get("class_names") or {}
@@ -111,13 +149,13 @@ def _modality_questions(record: RawRecord, image: ImageRef, fill: dict, make, rn
     """An open modality question, and a choice between the true modality and another one."""
     answer = MODALITY_ANSWERS[record.modality]
     r = rng_for("vqa", "modality")
-    yield make("vqa", "modality", [_input_image(image), _user(r.choice(MODALITY_QUESTIONS).format(**fill)),
-                                   _answer(answer)], True)
+    question = vary_question(r.choice(MODALITY_QUESTIONS).format(**fill), r)
+    yield make("vqa", "modality", [_input_image(image), _user(question), _answer(answer)], True)
     r = rng_for("vqa", "modality-choice")
     other = r.choice([MODALITY_ANSWERS[m] for m in MODALITY_ANSWERS if m not in (record.modality, "other")])
     a, b = (answer, other) if r.random() < 0.5 else (other, answer)
-    yield make("vqa", "modality-choice", [_input_image(image), _user(r.choice(MODALITY_CHOICES).format(
-        a=a, b=b, A=_capital(a))), _answer(answer)], True)
+    question = vary_question(r.choice(MODALITY_CHOICES).format(a=a, b=b, A=_capital(a)), r, CHOICE_SUFFIXES)
+    yield make("vqa", "modality-choice", [_input_image(image), _user(question), _answer(answer)], True)
 
 
 def _class_questions(record: RawRecord, image: ImageRef, ctx: BuildContext, fill: dict, make, rng_for  # noqa: ANN001
@@ -138,12 +176,17 @@ def _class_questions(record: RawRecord, image: ImageRef, ctx: BuildContext, fill
         r = rng_for("vqa", variant)
         asked = asked or r.choice(others)
         template = r.choice(STATE_YES_NO if asked in states else FINDING_YES_NO)
-        yield make("vqa", variant, [_input_image(image), _user(template.format(x=asked, **fill)), _answer(truth)], True)
+        # A template that already ends in an answer-format hint gets no second one.
+        suffixes = None if template.endswith(".") else YES_NO_SUFFIXES
+        question = vary_question(template.format(x=asked, **varied_fill(record.modality, fill, r)), r, suffixes)
+        yield make("vqa", variant, [_input_image(image), _user(question), _answer(truth)], True)
     r = rng_for("vqa", "choice")
     other = r.choice(others)
     a, b = (own, other) if r.random() < 0.5 else (other, own)
-    yield make("vqa", "choice", [_input_image(image), _user(r.choice(CLASS_CHOICES).format(a=a, b=b, A=_capital(a), **fill)),
-                                 _answer(_capital(own) + ".")], True)
+    template = r.choice(CLASS_CHOICES)
+    question = template.format(a=a, b=b, A=_capital(a), **varied_fill(record.modality, fill, r))
+    question = vary_question(question, r, None if template.endswith(".") else CHOICE_SUFFIXES)
+    yield make("vqa", "choice", [_input_image(image), _user(question), _answer(_capital(own) + ".")], True)
 
 
 def build_samples(record: RawRecord, ctx: BuildContext) -> Iterable[Sample]:

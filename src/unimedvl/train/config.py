@@ -65,6 +65,9 @@ class DataConfig:
     # 1.0 = every sample equally often, 0.0 = every source equally often. One number for every
     # family, or a mapping family -> number (families left out use 1.0).
     source_balance: float | dict[str, float] = 1.0
+    # Extra draw weight of named sources within a family, on top of the balance: family -> source ->
+    # multiplier (e.g. {understanding: {breastmnist: 2.5}} for a small set the model learns slowly).
+    source_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     # Within a source, draw every class (the label a sample was made from) equally often: with
     # balanced classes every yes / no phrasing is answered yes and no equally often.
     label_balance: bool = False
@@ -96,6 +99,14 @@ class DataConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 where = "" if family == "*" else f".{family}"
                 raise ConfigError(f"data.source_balance{where} must be a number in [0, 1], got {value!r}")
+        if not isinstance(self.source_weights, dict) or set(self.source_weights) - set(FAMILIES):
+            raise ConfigError(f"data.source_weights maps families {list(FAMILIES)} to {{source: multiplier}}, "
+                              f"got {self.source_weights!r}")
+        for family, weights in self.source_weights.items():
+            if not isinstance(weights, dict) or not all(
+                    is_finite_number(v) and not isinstance(v, bool) and v >= 0 for v in weights.values()):
+                raise ConfigError(f"data.source_weights.{family} maps source names to non-negative numbers, "
+                                  f"got {weights!r}")
         unknown = set(self.mix) - set(FAMILIES)
         if unknown:
             raise ConfigError(f"data.mix: unknown families {sorted(unknown)}; use {list(FAMILIES)}")

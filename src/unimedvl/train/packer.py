@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -65,10 +66,21 @@ class CorpusIndex:
         """All samples of each family (sources concatenated)."""
         return {f: [s for rows in self.by_source[f].values() for s in rows] for f in FAMILIES}
 
-    def source_weights(self, family: str, balance: float) -> tuple[list[str], list[float]]:
-        """Sources of a family (sorted, for a stable stream) and their `tempered_weights`."""
+    def source_weights(self, family: str, balance: float, extra: dict[str, float] | None = None
+                       ) -> tuple[list[str], list[float]]:
+        """Sources of a family (sorted, for a stable stream) and their `tempered_weights`, times the
+        `extra` multiplier of named sources (`DataConfig.source_weights`)."""
         names = sorted(self.by_source[family])
-        return names, tempered_weights([len(self.by_source[family][n]) for n in names], balance)
+        extra = extra or {}
+        unknown = sorted(set(extra) - set(names))
+        if unknown:  # a recipe may be run on another corpus (a test's, a fine-tuning set): say so, go on
+            warnings.warn(f"data.source_weights.{family} names sources this corpus's {family} samples do not "
+                          f"come from: {unknown} (ignored); its sources are {names}", stacklevel=2)
+        weights = tempered_weights([len(self.by_source[family][n]) for n in names], balance)
+        weights = [w * float(extra.get(n, 1.0)) for n, w in zip(names, weights)]
+        if not any(w > 0 for w in weights):
+            raise ConfigError(f"data.source_weights.{family} leaves no source of {family} samples to draw")
+        return names, weights
 
     def families(self, mix: dict[str, float]) -> tuple[list[str], list[float]]:
         names = [f for f in FAMILIES if mix.get(f, 0) > 0 and self.by_source[f]]
@@ -144,7 +156,8 @@ class PackMaker:
         self.index, self.tokenizer, self.config, self.model, self.seed = index, tokenizer, config, model, seed
         self.sizes = config.image_config
         self.families, self.weights = index.families(config.mix)
-        self.sources = {f: index.source_weights(f, config.balance_for(f)) for f in self.families}
+        self.sources = {f: index.source_weights(f, config.balance_for(f), config.source_weights.get(f))
+                        for f in self.families}
         self.labels: dict[str, dict[str, dict[str, list[Sample]]]] = {
             f: {name: _by_label(rows) for name, rows in index.by_source[f].items()} for f in self.families
         } if config.label_balance else {}
