@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from unimedvl.assets import UNIMEDVL_TINY
 from unimedvl.config import UnifiedConfig
+from unimedvl.utils.files import atomic_write_text
 
 
 def best_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -107,9 +108,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['config']} | {r['tokens']} | {r['op']} | {r['form']} | {r['ms']:.2f} | {r['speedup_vs_today']:.2f}x |")
     if args.json:
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(args.json)
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

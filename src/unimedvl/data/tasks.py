@@ -124,14 +124,16 @@ def varied_fill(modality: str, fill: dict, rng: random.Random) -> dict:
 
 def vary_question(question: str, rng: random.Random, suffixes: list[str] | None = None) -> str:
     """A closed question as users type it: half are kept, the others get one of a prefix, a suffix
-    from `suffixes` (answer-format hints; none when omitted) or lower case. Independent of the answer,
-    so a phrasing balanced in yes / no stays balanced."""
-    kinds = ["prefix", "lower"] + (["suffix", "suffix"] if suffixes else [])
+    from `suffixes` (answer-format hints; none when omitted, nor on a question that already ends in
+    one, i.e. in ".") or lower case. Independent of the answer, so a phrasing balanced in yes / no
+    stays balanced."""
+    hints = suffixes if suffixes and not question.endswith(".") else None
+    kinds = ["prefix", "lower"] + (["suffix", "suffix"] if hints else [])
     if rng.random() < 0.5:
         return question
     kind = rng.choice(kinds)
-    if kind == "suffix":
-        return f"{question} {rng.choice(suffixes or [])}"
+    if kind == "suffix" and hints:
+        return f"{question} {rng.choice(hints)}"
     if kind == "lower":
         return question.lower()
     prefix = rng.choice(QUESTION_PREFIXES)
@@ -176,16 +178,13 @@ def _class_questions(record: RawRecord, image: ImageRef, ctx: BuildContext, fill
         r = rng_for("vqa", variant)
         asked = asked or r.choice(others)
         template = r.choice(STATE_YES_NO if asked in states else FINDING_YES_NO)
-        # A template that already ends in an answer-format hint gets no second one.
-        suffixes = None if template.endswith(".") else YES_NO_SUFFIXES
-        question = vary_question(template.format(x=asked, **varied_fill(record.modality, fill, r)), r, suffixes)
+        question = vary_question(template.format(x=asked, **varied_fill(record.modality, fill, r)), r, YES_NO_SUFFIXES)
         yield make("vqa", variant, [_input_image(image), _user(question), _answer(truth)], True)
     r = rng_for("vqa", "choice")
     other = r.choice(others)
     a, b = (own, other) if r.random() < 0.5 else (other, own)
-    template = r.choice(CLASS_CHOICES)
-    question = template.format(a=a, b=b, A=_capital(a), **varied_fill(record.modality, fill, r))
-    question = vary_question(question, r, None if template.endswith(".") else CHOICE_SUFFIXES)
+    question = r.choice(CLASS_CHOICES).format(a=a, b=b, A=_capital(a), **varied_fill(record.modality, fill, r))
+    question = vary_question(question, r, CHOICE_SUFFIXES)
     yield make("vqa", "choice", [_input_image(image), _user(question), _answer(_capital(own) + ".")], True)
 
 

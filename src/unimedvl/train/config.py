@@ -104,7 +104,7 @@ class DataConfig:
                               f"got {self.source_weights!r}")
         for family, weights in self.source_weights.items():
             if not isinstance(weights, dict) or not all(
-                    is_finite_number(v) and not isinstance(v, bool) and v >= 0 for v in weights.values()):
+                    is_finite_number(v) and v >= 0 for v in weights.values()):
                 raise ConfigError(f"data.source_weights.{family} maps source names to non-negative numbers, "
                                   f"got {weights!r}")
         unknown = set(self.mix) - set(FAMILIES)
