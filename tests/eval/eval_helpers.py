@@ -56,3 +56,11 @@ class TextOnly:
     def predict(self, requests: list[Request]) -> list[str]:
         self.calls += len(requests)
         return ["No." if "yes or no" in r.prompt or "call" in r.prompt else "Yes." for r in requests]
+
+
+def table_row(text: str, *cells: str) -> list[str]:
+    """The cells of the one table row that starts with these cells."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    found = [r for r in rows if r[:len(cells)] == list(cells)]
+    assert len(found) == 1, (cells, text)
+    return found[0]

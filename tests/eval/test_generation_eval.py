@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_helpers import table_row
 from PIL import Image
 
 from unimedvl.assets import JUDGE
@@ -16,6 +17,7 @@ from unimedvl.cli import main
 from unimedvl.data.schema import MODALITIES
 from unimedvl.errors import CheckpointError
 from unimedvl.eval.classifier import SmallCNN
+from unimedvl.eval.compare import compare, parse_runs
 from unimedvl.eval.features import JudgeExtractor, auroc, f1
 
 
@@ -67,6 +69,9 @@ def test_generation_and_counterfactual_commands(tmp_path: Path, fixture_dir: Pat
     assert len(list((tmp_path / "g" / "images").glob("*.png"))) == 18
     distance = results["distance"]
     assert 0 < distance["between_prompts_same_seed"] < 1 and 0 < distance["between_seeds_same_prompt"] < 1
+    tables = compare(parse_runs([f"tiny={tmp_path / 'g'}"]))  # `eval compare` reads the run as generation
+    cells = dict(zip(table_row(tables, "model", "size"), table_row(tables, "tiny", "32")))
+    assert cells["chest_xray"] == f"{row['recognised']:.2f}" and cells["pneumonia AUROC"] == f"{row['pneumonia_auroc']:.2f}"
     assert main(["eval", "counterfactual", "--limit", "4", "--steps", "2", "-c", str(fixture_dir),
                  "--out", str(tmp_path / "c")]) == 0
     cf = json.loads((tmp_path / "c" / "results.json").read_text())
@@ -115,5 +120,9 @@ def test_edit_benchmark_scores_held_out_super_resolution_against_bicubic(tmp_pat
         assert row["bicubic_psnr"] > 5 and row["psnr"] > 0
     for modality, row in results["per_modality"].items():
         assert 0 <= row["beats_baseline_psnr"] <= row["n"]
+    tables = compare(parse_runs([f"tiny={tmp_path / 'sr'}"]))  # `eval compare` reads the run as edits
+    assert "## Editing, super_resolution" in tables
+    cells = dict(zip(table_row(tables, "model", "size"), table_row(tables, "tiny", "64")))
+    assert cells[modality] == f"{row['psnr']:.1f} vs {row['bicubic_psnr']:.1f} ({row['beats_baseline_psnr']}/{row['n']})"
     assert main(["eval", "edits", "--corpus", str(tmp_path), "-c", str(fixture_dir)]) == 2  # not a corpus
     assert main(["eval", "edits", "--corpus", str(train_corpus), "--task", "segmentation"]) == 2

@@ -2,7 +2,7 @@
 
     unimedvl ask | generate | edit | serve | info | demo | train
     unimedvl data build | transform | review | agreement
-    unimedvl eval BENCHMARK | all | generation | counterfactual | edits | merge | pairs
+    unimedvl eval BENCHMARK | all | generation | counterfactual | edits | merge | pairs | compare
 
 Inputs and outputs are checked before a model loads. Every error a user can cause (a bad file,
 option or value, an unknown command, a missing argument) prints one line `error: ...` and exits
@@ -56,9 +56,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("edits", eval_commands.edits, group="eval"),
     Command("merge", eval_commands.merge, group="eval"),
     Command("pairs", eval_commands.pairs, group="eval"),
+    Command("compare", eval_commands.compare, group="eval"),
 )
 GROUPS = {"data": "Build and review multimodal corpora.",
-          "eval": "Evaluate on benchmarks (official formats or the bundled held-out sets); score image pairs."}
+          "eval": "Evaluate on benchmarks (official formats or the bundled held-out sets); score image pairs; "
+                  "compare finished runs."}
 
 
 def build_app() -> typer.Typer:

@@ -267,3 +267,20 @@ def counterfactual(
                                       progress=log_progress("edit"))
     print(f"counterfactual: AUROC {results['auroc']:.3f}, F1 {results['f1']:.3f} on {results['n']} edits; "
           f"{out / 'results.json'}")
+
+
+def compare(
+    runs: List[str] = typer.Argument(..., help="Finished runs as LABEL=DIR (eval all, one benchmark, generation "
+                                               "or edits folders), in the order the tables list them."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the tables to this markdown file."),
+) -> None:
+    """Side-by-side tables of finished runs (v1 against v2), read from their results.json."""
+    from unimedvl.eval.compare import compare as tables
+    from unimedvl.eval.compare import parse_runs
+    from unimedvl.utils.files import atomic_write_text
+
+    text = tables(parse_runs(runs))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
+    print(text, end="")

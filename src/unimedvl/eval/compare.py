@@ -1,0 +1,170 @@
+"""Side-by-side tables of finished `unimedvl eval` runs (`unimedvl eval compare v1=DIR v2=DIR ...`).
+
+A model card's "v1 against v2" tables come from the runs' own `results.json` files, never typed by hand.
+A run folder is recognised by what it holds: `eval all` (one sub-folder per benchmark), one benchmark,
+`eval generation` (`per_modality` with `recognised`) or `eval edits` (`task`). Runs of different kinds
+can be given together: each kind gets its own tables, in the order the runs were given.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from unimedvl.errors import InputError
+
+KINDS = ("understanding", "generation", "edits")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished evaluation: its label, its kind, and its results (benchmark name -> results for understanding)."""
+
+    label: str
+    kind: str
+    results: dict
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable results.json ({error})") from None
+
+
+def load_run(label: str, folder: str | Path) -> Run:
+    """Read one run folder; a clear error names a folder that holds no finished evaluation."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{label}: {folder} is not a folder")
+    single = folder / "results.json"
+    if single.is_file():
+        results = _read(single)
+        if "task" in results and "per_modality" in results:
+            return Run(label, "edits", results)
+        if "per_modality" in results and "distance" in results:
+            return Run(label, "generation", results)
+        if "benchmark" in results:
+            return Run(label, "understanding", {results["benchmark"]: results})
+        raise InputError(f"{single}: not the results of `unimedvl eval` (no benchmark, task or per_modality)")
+    benchmarks = {}
+    for sub in sorted(folder.iterdir()):
+        if (sub / "results.json").is_file():
+            results = _read(sub / "results.json")
+            if "benchmark" in results:
+                benchmarks[results["benchmark"]] = results
+    if not benchmarks:
+        raise InputError(f"{label}: {folder} holds no results.json (is the evaluation finished? shards need "
+                         "`unimedvl eval merge`)")
+    return Run(label, "understanding", benchmarks)
+
+
+def parse_runs(specs: list[str]) -> list[Run]:
+    """`LABEL=DIR` (or a bare DIR, labelled by its name) for each run."""
+    if not specs:
+        raise InputError("give at least one run: LABEL=DIR")
+    runs = []
+    for spec in specs:
+        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        runs.append(load_run(label or Path(path).name, path))
+    return runs
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _verdict(check: dict) -> str:
+    return "pass" if check.get("passed") else "FAIL"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def understanding_tables(runs: list[Run]) -> list[str]:
+    names = list(dict.fromkeys(name for run in runs for name in run.results))
+    summary, phrasing, groups = [], [], {}
+    for name in names:
+        for run in runs:
+            r = run.results.get(name)
+            if r is None or "accuracy" not in r:
+                continue
+            checks = r.get("checks", {})
+            dep, phr, res = checks.get("image_dependence"), checks.get("phrasing"), checks.get("resolution")
+            summary.append([
+                name, run.label, str(r["n"]), _pct(r["accuracy"]), _pct((r.get("majority_baseline") or {}).get("accuracy")),
+                f"{_pct(dep['accuracy'])} / {_pct(dep['blank']['accuracy'])} / {_pct(dep['noise']['accuracy'])} "
+                f"({_verdict(dep)})" if dep else "-",
+                f"{_pct(phr['agreement'])} of {phr['n']} ({_verdict(phr)})" if phr and phr.get("n") else "-",
+                f"{_pct(res['native'])} / {_pct(res['half']['accuracy'])} / {_pct(res['28px']['accuracy'])} "
+                f"({_verdict(res)})" if res else "-"])
+            breakdowns = r.get("breakdowns", {})
+            if phr and phr.get("n"):
+                per = phr["accuracy_per_phrasing"]
+                class_name = breakdowns.get("question_type", {}).get("class name", {})
+                labels = ", ".join(f"{k} {_pct(v['accuracy'])}" for k, v in breakdowns.get("label", {}).items())
+                phrasing.append([name, run.label, _pct(per.get("original")), _pct(per.get("paraphrase 1")),
+                                 _pct(per.get("paraphrase 2")), _pct(per.get("flipped")),
+                                 _pct(class_name.get("accuracy")), labels or "-"])
+            elif len(breakdowns.get("modality", {})) > 1:
+                groups[run.label] = breakdowns["modality"]
+    lines = ["## Understanding (`unimedvl eval all`)", ""]
+    lines += _table(["benchmark", "model", "n", "accuracy", "majority", "real / blank / noise", "phrasing agreement",
+                     "native / half / 28 px"], summary)
+    if phrasing:
+        lines += ["", "Accuracy per phrasing (paraphrases 1 and 2: phrasings no training template produces):", ""]
+        lines += _table(["set", "model", "original", "paraphrase 1", "paraphrase 2", "flipped", "class-name questions",
+                         "per label"], phrasing)
+    if groups:
+        modalities = list(dict.fromkeys(m for per in groups.values() for m in per))
+        lines += ["", "Modality questions, accuracy per modality (n held-out images):", ""]
+        lines += _table(["model", *modalities], [
+            [label, *(f"{_pct(per[m]['accuracy'])} (n {per[m]['n']})" if m in per else "-" for m in modalities)]
+            for label, per in groups.items()])
+    return lines
+
+
+def generation_tables(runs: list[Run]) -> list[str]:
+    modalities = list(dict.fromkeys(m for run in runs for m in run.results["per_modality"]))
+    rows = []
+    for run in runs:
+        per, distance = run.results["per_modality"], run.results.get("distance", {})
+        auroc = per.get("chest_xray", {}).get("pneumonia_auroc")
+        d_prompts, d_seeds = distance.get("between_prompts_same_seed"), distance.get("between_seeds_same_prompt")
+        rows.append([run.label, str(run.results.get("size", "-")),
+                     *(f"{per[m]['recognised']:.2f}" if m in per else "-" for m in modalities),
+                     "-" if auroc is None else f"{auroc:.2f}",
+                     f"{'-' if d_prompts is None else f'{d_prompts:.3f}'} / {'-' if d_seeds is None else f'{d_seeds:.3f}'}"])
+    return ["## Generation (`unimedvl eval generation`): share recognised by the judge as the requested modality", "",
+            *_table(["model", "size", *modalities, "pneumonia AUROC", "distance prompts / seeds"], rows)]
+
+
+def edit_tables(runs: list[Run]) -> list[str]:
+    lines = []
+    for task in dict.fromkeys(run.results["task"] for run in runs):
+        mine = [run for run in runs if run.results["task"] == task]
+        baseline = mine[0].results.get("baseline", "baseline")
+        modalities = list(dict.fromkeys(m for run in mine for m in run.results["per_modality"]))
+        rows = []
+        for run in mine:
+            per = run.results["per_modality"]
+            rows.append([run.label, str(run.results.get("size", "-")), *(
+                f"{per[m]['psnr']:.1f} vs {per[m][f'{baseline}_psnr']:.1f} ({per[m]['beats_baseline_psnr']}/{per[m]['n']})"
+                if m in per else "-" for m in modalities)])
+        lines += [f"## Editing, {task} (`unimedvl eval edits`): PSNR dB of the model vs {baseline} "
+                  f"(images above {baseline} / held-out images)", "",
+                  *_table(["model", "size", *modalities], rows), ""]
+    return lines[:-1]
+
+
+def compare(runs: list[Run]) -> str:
+    """The markdown tables of every kind present, runs in the order given."""
+    sections = []
+    for kind, tables in (("understanding", understanding_tables), ("generation", generation_tables),
+                         ("edits", edit_tables)):
+        mine = [run for run in runs if run.kind == kind]
+        if mine:
+            sections.append("\n".join(tables(mine)))
+    return "\n\n".join(sections) + "\n"
