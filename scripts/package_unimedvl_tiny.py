@@ -59,8 +59,11 @@ medically meaningful beyond the simple questions and prompts it was trained on.
 - Training (`recipes/unimedvl-tiny/curriculum.yaml`, every step named there): {steps}.
   Questions: every record is asked one yes / no question about its own class and one about another,
   in phrasings drawn at random (each phrasing answered yes and no equally often, classes drawn
-  equally often), a choice answered with the class name, open finding and modality questions; 50 %
-  of the images read are re-cropped, re-sampled (24 px ... native) and re-windowed.
+  equally often), a choice answered with the class name, open finding and modality questions; half
+  of the closed questions come varied as users type them (a prefix such as "Question:", an
+  answer-format suffix such as "Yes or no?", lower case, a modality synonym such as "radiograph";
+  no evaluation paraphrase is ever built); 50 % of the images read are re-cropped, re-sampled
+  (24 px ... native; images under 64 px keep 90-100 % of each side) and re-windowed.
 - Reproduce, given the shared data folder that `recipes/unimedvl-tiny/corpus.yaml` names (every random
   draw is seeded; `SHA256SUMS` holds the shipped files' hashes):
   `.venv/bin/unimedvl train recipes/unimedvl-tiny/curriculum.yaml --out outputs/unimedvl-tiny --check src/unimedvl/assets/unimedvl-tiny`

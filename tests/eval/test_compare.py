@@ -26,7 +26,7 @@ def test_two_models_side_by_side_with_their_checks_and_phrasings(tmp_path: Path,
     assert v2[3] == f"{100 * looks['accuracy']:.1f}" == "100.0" and v1[3] == f"{100 * blind['accuracy']:.1f}"
     assert v2[5].endswith("(pass)") and v1[5].endswith("(FAIL)")  # image dependence
     agreement = blind["checks"]["phrasing"]["agreement"]
-    assert v1[6] == f"{100 * agreement:.1f} of 12 (FAIL)" and v2[6] == "100.0 of 12 (pass)"
+    assert v1[6] == f"{100 * agreement:.1f}% of 12 (FAIL)" and v2[6] == "100.0% of 12 (pass)"
     per = blind["checks"]["phrasing"]["accuracy_per_phrasing"]
     phrasing = table_row(text.split("Accuracy per phrasing")[1], "bright", "v1")
     assert phrasing[2:6] == [f"{100 * per[k]:.1f}" for k in ("original", "paraphrase 1", "paraphrase 2", "flipped")]

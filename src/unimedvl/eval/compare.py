@@ -97,7 +97,7 @@ def understanding_tables(runs: list[Run]) -> list[str]:
                 name, run.label, str(r["n"]), _pct(r["accuracy"]), _pct((r.get("majority_baseline") or {}).get("accuracy")),
                 f"{_pct(dep['accuracy'])} / {_pct(dep['blank']['accuracy'])} / {_pct(dep['noise']['accuracy'])} "
                 f"({_verdict(dep)})" if dep else "-",
-                f"{_pct(phr['agreement'])} of {phr['n']} ({_verdict(phr)})" if phr and phr.get("n") else "-",
+                f"{_pct(phr['agreement'])}% of {phr['n']} ({_verdict(phr)})" if phr and phr.get("n") else "-",
                 f"{_pct(res['native'])} / {_pct(res['half']['accuracy'])} / {_pct(res['28px']['accuracy'])} "
                 f"({_verdict(res)})" if res else "-"])
             breakdowns = r.get("breakdowns", {})
