@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unimedvl.errors import InputError
-
-KINDS = ("understanding", "generation", "edits")
+from unimedvl.eval.report import check_cells
 
 
 @dataclass(frozen=True)
@@ -75,10 +74,6 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _verdict(check: dict) -> str:
-    return "pass" if check.get("passed") else "FAIL"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -92,14 +87,9 @@ def understanding_tables(runs: list[Run]) -> list[str]:
             if r is None or "accuracy" not in r:
                 continue
             checks = r.get("checks", {})
-            dep, phr, res = checks.get("image_dependence"), checks.get("phrasing"), checks.get("resolution")
-            summary.append([
-                name, run.label, str(r["n"]), _pct(r["accuracy"]), _pct((r.get("majority_baseline") or {}).get("accuracy")),
-                f"{_pct(dep['accuracy'])} / {_pct(dep['blank']['accuracy'])} / {_pct(dep['noise']['accuracy'])} "
-                f"({_verdict(dep)})" if dep else "-",
-                f"{_pct(phr['agreement'])}% of {phr['n']} ({_verdict(phr)})" if phr and phr.get("n") else "-",
-                f"{_pct(res['native'])} / {_pct(res['half']['accuracy'])} / {_pct(res['28px']['accuracy'])} "
-                f"({_verdict(res)})" if res else "-"])
+            phr = checks.get("phrasing")
+            summary.append([name, run.label, str(r["n"]), _pct(r["accuracy"]),
+                            _pct((r.get("majority_baseline") or {}).get("accuracy")), *check_cells(checks)])
             breakdowns = r.get("breakdowns", {})
             if phr and phr.get("n"):
                 per = phr["accuracy_per_phrasing"]

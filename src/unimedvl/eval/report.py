@@ -49,6 +49,17 @@ def check_lines(checks: dict) -> list[str]:
     return lines
 
 
+def check_cells(checks: dict) -> list[str]:
+    """Table cells of the three checks: real / blank / noise, phrasing agreement, native / half / 28 px."""
+    dep, phr, res = checks.get("image_dependence"), checks.get("phrasing"), checks.get("resolution")
+    verdict = lambda c: "pass" if c["passed"] else "FAIL"  # noqa: E731
+    return [f"{_pct(dep['accuracy'])} / {_pct(dep['blank']['accuracy'])} / {_pct(dep['noise']['accuracy'])} "
+            f"({verdict(dep)})" if dep else "-",
+            f"{_pct(phr['agreement'])}% of {phr['n']} ({verdict(phr)})" if phr and phr["n"] else "-",
+            f"{_pct(res['native'])} / {_pct(res['half']['accuracy'])} / {_pct(res['28px']['accuracy'])} "
+            f"({verdict(res)})" if res else "-"]
+
+
 def write_report(out: Path, results: dict, benchmark: Benchmark) -> None:
     model = results.get("model", {}).get("name", "model")
     lines = [f"# {benchmark.title}", "", f"Model: `{model}`; {results['n']} items (limit {results.get('limit')}, "
@@ -101,16 +112,7 @@ def write_combined(out: Path, rows: list[tuple[Benchmark, dict]]) -> None:
         if "metrics" in r:
             lines.append(f"| {benchmark.name} | {r['n']} | ROUGE-L {r['metrics']['rouge_l']:.3f} | | | | |")
             continue
-        c = r.get("checks", {})
-        dep = c.get("image_dependence")
-        phr = c.get("phrasing")
-        res = c.get("resolution")
         base = r.get("majority_baseline") or {}
-        lines.append(
-            f"| {benchmark.name} | {r['n']} | {_pct(r['accuracy'])} | {_pct(base.get('accuracy'))} | "
-            + (f"{_pct(dep['accuracy'])} / {_pct(dep['blank']['accuracy'])} / {_pct(dep['noise']['accuracy'])} "
-               f"({'pass' if dep['passed'] else 'FAIL'})" if dep else "-") + " | "
-            + (f"{_pct(phr['agreement'])} of {phr['n']} ({'pass' if phr['passed'] else 'FAIL'})" if phr and phr["n"] else "-")
-            + " | " + (f"{_pct(res['native'])} / {_pct(res['half']['accuracy'])} / {_pct(res['28px']['accuracy'])} "
-                       f"({'pass' if res['passed'] else 'FAIL'})" if res else "-") + " |")
+        lines.append(f"| {benchmark.name} | {r['n']} | {_pct(r['accuracy'])} | {_pct(base.get('accuracy'))} | "
+                     + " | ".join(check_cells(r.get("checks", {}))) + " |")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
