@@ -287,8 +287,14 @@ def main() -> None:
             print(f"| {r['config']} | {r['context']} | {r['int8_decode_tok_s']:,.1f} | "
                   f"{r['int8_decode_tok_s'] / r['decode_tok_s']:.2f}x | {r['int8_decode_tok_s'] / r['hf_decode_tok_s']:.2f}x | "
                   f"{100 * r['int8_logit_drift']:.2f}% | {100 * r['int8_top1_agreement']:.1f}% |")
+    from unimedvl.model.matvec import MATVEC
+
+    choices = MATVEC.choices()
+    print("\ndecoding's matrix-vector kernel per weight shape, as measured in this process "
+          f"(UNIMEDVL_FAST_DECODE={MATVEC.mode}): " + (", ".join(f"{k} {v}" for k, v in choices.items()) or "none measured"))
     if args.json:
-        args.json.write_text(json.dumps({"peak_gflops": peak, "bandwidth_gbs": bandwidth, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"peak_gflops": peak, "bandwidth_gbs": bandwidth, "rows": rows,
+                                         "matvec_kernels": choices}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,53 @@
-"""Decoding's compiled matrix-vector product and the int8 weight-only layer (issue 14)."""
+"""Decoding's matrix-vector kernels (BLAS or compiled, measured per shape) and the int8 weight-only layer (issue 14)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from unimedvl.model.layers import Int8Linear, Linear, fast_matvec, quantize_linears
+from unimedvl.model.layers import Int8Linear, Linear, quantize_linears
+from unimedvl.model.matvec import TRIALS, MatvecKernels, blas_matvec
 
 
-def test_the_compiled_matvec_equals_blas_for_fp32_and_bf16_weights() -> None:
+def test_both_decoding_kernels_equal_blas_for_fp32_bf16_and_int8_weights() -> None:
     torch.manual_seed(0)
     x, weight, bias = torch.randn(1, 1024), torch.randn(1536, 1024) * 0.02, torch.randn(1536)
+    scale = torch.rand(1536) + 0.5
+    compiled = MatvecKernels("1")
     with torch.no_grad():
-        for w in (weight, weight.to(torch.bfloat16)):
-            fast = fast_matvec(x, w, bias)
-            assert fast is not None
-            expected = torch.nn.functional.linear(x, w.float(), bias)
-            assert torch.allclose(fast, expected, atol=1e-5, rtol=1e-5)
-        assert fast_matvec(torch.randn(2, 1024), weight) is None  # more than one row: BLAS
-        assert fast_matvec(x, torch.randn(8, 1024)) is None  # a small matrix: BLAS
-    assert fast_matvec(x, weight) is None  # with gradients: eager autograd
+        for w, s in ((weight, None), (weight.to(torch.bfloat16), None), ((weight * 100).to(torch.int8), scale)):
+            expected = torch.nn.functional.linear(x, w.float(), None if s is not None else bias)
+            if s is not None:
+                expected = expected * s + bias
+            assert torch.allclose(compiled(x, w, bias, s), expected, atol=1e-4, rtol=1e-5)
+            assert torch.equal(blas_matvec(x, w, bias, s), expected)
+        assert compiled.compiled is not None
+
+
+def test_auto_mode_times_each_shape_on_its_first_calls_then_keeps_one_kernel() -> None:
+    torch.manual_seed(0)
+    kernels = MatvecKernels("auto")
+    x, weight = torch.randn(1, 1024), torch.randn(1536, 1024)
+    expected = torch.nn.functional.linear(x, weight)
+    with torch.no_grad():
+        for call in range(1 + 2 * TRIALS):  # a warm-up (compiles, untimed), then the kernels in turn
+            assert kernels.choices() == {}
+            assert torch.allclose(kernels(x, weight), expected, atol=1e-4, rtol=1e-5)
+        assert set(kernels.choices()) == {"1536x1024 float32"}
+        assert kernels.choices()["1536x1024 float32"] in {"blas", "compiled"}
+        kernels(x, weight.to(torch.bfloat16))  # another dtype is another shape: measured on its own
+        assert len(kernels.trials) == 1
+        # Not measured: several rows, a small matrix, gradients, an explicit mode.
+        for args in ((torch.randn(2, 1024), weight), (x, torch.randn(8, 1024))):
+            assert torch.equal(kernels(*args), blas_matvec(*args, None, None))
+    with torch.enable_grad():
+        assert torch.equal(kernels(x, weight), blas_matvec(x, weight, None, None))
+    never = MatvecKernels("0")
+    with torch.no_grad():
+        never(x, weight)
+    assert never.compiled is None and never.trials == {}
+    with pytest.raises(ValueError, match="UNIMEDVL_FAST_DECODE"):
+        MatvecKernels("fast")
 
 
 def test_int8_layer_quantizes_per_row_and_stays_close_to_fp32() -> None:

@@ -7,63 +7,22 @@ share a dtype (fp32 on CPU, bf16 on GPU) the casts are no-ops and cost nothing.
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimedvl.model.matvec import matvec
+
 
 def _as(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if param is None else param.to(dtype)
 
 
-# ---------------------------------------------------------------- one row times a matrix (decoding)
-# Decoding multiplies one row by every weight matrix: it is bound by reading the weights. BLAS's
-# matrix-vector path reads fp32 weights at about half this CPU's bandwidth and a bf16 or int8 weight
-# must first be widened into a temporary copy; a compiled multiply-and-sum streams the weight once,
-# widening it in registers (measured in bench/lm.py). UNIMEDVL_FAST_DECODE=0 turns it off.
-MATVEC_MIN_WEIGHTS = 1 << 20  # smaller matrices sit in cache, where BLAS is faster than a compiled call's overhead
-_matvec_state: dict[str, object] = {"fn": None, "failed": os.environ.get("UNIMEDVL_FAST_DECODE", "1") == "0"}
-
-
-def _matvec_eager(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  scale: torch.Tensor | None) -> torch.Tensor:
-    y = (x[:, None, :] * weight.to(x.dtype)).sum(-1)
-    if scale is not None:
-        y = y * scale
-    return y if bias is None else y + bias.to(x.dtype)
-
-
-def fast_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor | None:
-    """`x [1, K] @ weight[N, K].T (* scale) + bias` as one compiled streaming loop, or None when not applicable."""
-    if (_matvec_state["failed"] or x.dim() != 2 or x.shape[0] != 1 or x.device.type != "cpu"
-            or torch.is_grad_enabled() or x.dtype != torch.float32 or weight.numel() < MATVEC_MIN_WEIGHTS):
-        return None
-    if _matvec_state["fn"] is None:
-        from torch import _dynamo
-
-        # One compiled kernel per weight shape and dtype: a model has a handful, several models a few more.
-        _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
-        _matvec_state["fn"] = torch.compile(_matvec_eager, dynamic=False)
-    try:
-        return _matvec_state["fn"](x, weight, bias, scale)  # type: ignore[operator]
-    except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported platform: stay correct, go slower)
-        import warnings
-
-        _matvec_state["failed"] = True
-        warnings.warn(f"compiled decoding unavailable ({type(exc).__name__}); using the slower eager path")
-        return None
-
-
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast = fast_matvec(x, self.weight, self.bias)
-        if fast is not None:
-            return fast
-        return F.linear(x, _as(self.weight, x.dtype), _as(self.bias, x.dtype))
+        return matvec(x, self.weight, self.bias)  # one decoding row: the kernel measured fastest here
 
 
 class Int8Linear(nn.Module):
@@ -105,11 +64,7 @@ class Int8Linear(nn.Module):
         return finite
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast = fast_matvec(x, self.weight, self.bias, self.weight_scale)
-        if fast is not None:
-            return fast
-        out = F.linear(x, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
-        return out if self.bias is None else out + self.bias.to(x.dtype)
+        return matvec(x, self.weight, self.bias, self.weight_scale)
 
 
 def quantize_linears(module: nn.Module, select: Callable[[str], bool]) -> int:

@@ -1,0 +1,144 @@
+"""One row times a weight matrix (decoding): BLAS or a compiled loop, whichever this machine runs faster.
+
+Decoding multiplies one row by every weight matrix and is bound by reading the weights. Which kernel
+reads them faster depends on the CPU. On one machine here BLAS's matrix-vector path read fp32 weights
+at about half the bandwidth while a compiled multiply-and-sum streamed them at full speed (and widened
+bf16 / int8 weights in registers instead of into a temporary copy); on another (AVX-512, a 480 MB L3)
+BLAS ran every decoder shape 1.4-1.7x faster than the compiled loop. So each weight shape and dtype is
+timed where it is used: its first calls alternate between the two kernels on the real weights (every
+call returns the right result), and the faster one serves the rest of the process.
+
+`UNIMEDVL_FAST_DECODE`: `auto` (default) measures; `1` always uses the compiled loop; `0` never does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+MIN_WEIGHTS = 1 << 20  # smaller matrices sit in cache, where BLAS beats a compiled call's overhead
+TRIALS = 4  # timed calls per kernel before a shape's choice is made
+MARGIN = 0.97  # the compiled loop must be at least 3 % faster to replace BLAS (the plainer, exact-as-ever path)
+
+Key = tuple[int, int, torch.dtype, bool, bool]
+
+
+def blas_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                scale: torch.Tensor | None) -> torch.Tensor:
+    """`x @ weight.T (* scale) + bias` through BLAS (a narrower weight is widened first)."""
+    if scale is None:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    out = F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
+    return out if bias is None else out + bias.to(x.dtype)
+
+
+def _streaming_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      scale: torch.Tensor | None) -> torch.Tensor:
+    y = (x[:, None, :] * weight.to(x.dtype)).sum(-1)
+    if scale is not None:
+        y = y * scale
+    return y if bias is None else y + bias.to(x.dtype)
+
+
+class _Trial:
+    """Running totals of one shape's timed calls, per kernel."""
+
+    def __init__(self) -> None:
+        self.seconds = {"blas": 0.0, "compiled": 0.0}
+        self.calls = {"blas": 0, "compiled": 0}
+        self.warmed = False  # the compiled kernel's first call compiles: never timed
+
+    def next_kernel(self) -> str:
+        return "compiled" if self.calls["compiled"] < self.calls["blas"] else "blas"
+
+    def record(self, kernel: str, seconds: float) -> None:
+        self.seconds[kernel] += seconds
+        self.calls[kernel] += 1
+
+    def decided(self) -> str | None:
+        if min(self.calls.values()) < TRIALS:
+            return None
+        return "compiled" if self.seconds["compiled"] < MARGIN * self.seconds["blas"] else "blas"
+
+
+class MatvecKernels:
+    """The per-shape choice between BLAS and the compiled loop for one process."""
+
+    def __init__(self, mode: str | None = None) -> None:
+        mode = (mode or os.environ.get("UNIMEDVL_FAST_DECODE", "auto")).strip().lower()
+        if mode not in {"auto", "0", "1"}:
+            raise ValueError(f"UNIMEDVL_FAST_DECODE must be auto, 0 or 1, not {mode!r}")
+        self.mode = mode
+        self.compiled = None
+        self.unavailable = mode == "0"
+        self.choice: dict[Key, str] = {}
+        self.trials: dict[Key, _Trial] = {}
+
+    def applies(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        return (x.dim() == 2 and x.shape[0] == 1 and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and x.dtype == torch.float32 and weight.numel() >= MIN_WEIGHTS)
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+        if self.unavailable or not self.applies(x, weight):
+            return blas_matvec(x, weight, bias, scale)
+        key: Key = (weight.shape[0], weight.shape[1], weight.dtype, bias is None, scale is None)
+        kernel = "compiled" if self.mode == "1" else self.choice.get(key)
+        if kernel == "blas":
+            return blas_matvec(x, weight, bias, scale)
+        if kernel == "compiled":
+            return self._compiled(x, weight, bias, scale)
+        return self._trial(key, x, weight, bias, scale)
+
+    def _trial(self, key: Key, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               scale: torch.Tensor | None) -> torch.Tensor:
+        trial = self.trials.setdefault(key, _Trial())
+        if not trial.warmed:
+            trial.warmed = True
+            return self._compiled(x, weight, bias, scale)
+        kernel = trial.next_kernel()
+        run = self._compiled if kernel == "compiled" else blas_matvec
+        start = time.perf_counter()
+        out = run(x, weight, bias, scale)
+        trial.record(kernel, time.perf_counter() - start)
+        decision = trial.decided()
+        if decision is not None:
+            self.choice[key] = decision
+            del self.trials[key]
+        return out
+
+    def _compiled(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  scale: torch.Tensor | None) -> torch.Tensor:
+        if self.compiled is None:
+            from torch import _dynamo
+
+            # One compiled kernel per weight shape and dtype: a model has a handful, several models a few more.
+            limit = "recompile_limit" if hasattr(_dynamo.config, "recompile_limit") else "cache_size_limit"
+            setattr(_dynamo.config, limit, max(getattr(_dynamo.config, limit), 64))
+            self.compiled = torch.compile(_streaming_matvec, dynamic=False)
+        try:
+            return self.compiled(x, weight, bias, scale)
+        except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported platform: stay correct)
+            self.unavailable = True
+            warnings.warn(f"compiled decoding unavailable ({type(exc).__name__}); using BLAS", stacklevel=3)
+            return blas_matvec(x, weight, bias, scale)
+
+    def choices(self) -> dict[str, str]:
+        """What each measured shape uses, e.g. `{"152064x1024 float32": "blas"}` (for benchmarks)."""
+        names = {}
+        for (rows, cols, dtype, _, _), kernel in self.choice.items():
+            names[f"{rows}x{cols} {str(dtype).removeprefix('torch.')}"] = kernel
+        return names
+
+
+MATVEC = MatvecKernels()
+
+
+def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`x [rows, K] @ weight[N, K].T (* scale) + bias`: one-row CPU calls on large weights take the measured kernel."""
+    return MATVEC(x, weight, bias, scale)
