@@ -84,6 +84,47 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
+COMPUTE_CHOICES = ("float32", "bfloat16", "auto")
+# "auto" takes bf16 only for models whose matmuls are large enough to gain: on an AMX machine bf16 made a
+# hidden-1024 model's text-to-image 1.7x faster and a hidden-192 one's slower (conversions dominate).
+AUTO_BF16_MIN_HIDDEN = 1024
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU has AMX tiles (Intel Xeon Sapphire Rapids and later), where oneDNN runs bf16
+    matmuls several times faster than fp32 (6.2x measured on one such machine); most CPUs have none."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+def resolve_compute(compute: str | None, dtype: str | torch.dtype | None, device: torch.device,
+                    hidden_size: int) -> tuple[torch.dtype, torch.dtype]:
+    """(storage dtype, CPU compute dtype) for a load. `compute`: None / "float32" (fp32, the default),
+    "bfloat16", or "auto" (bf16 where the CPU has bf16 matrix units and the model is large enough to
+    gain). bf16 compute keeps bf16 weights (fp32 ones would be cast at every call). On GPU the model
+    computes in its weight dtype."""
+    if compute is not None and compute not in COMPUTE_CHOICES:
+        raise ConfigError(f"unknown compute dtype {compute!r}; choose one of {', '.join(COMPUTE_CHOICES)}")
+    if device.type != "cpu":
+        storage = resolve_dtype(dtype, device)
+        if compute not in (None, "auto") and DTYPES[compute] != storage:
+            raise ConfigError(f"on {device.type} the model computes in its weight dtype ({storage}); "
+                              "choose it with dtype / --dtype")
+        return storage, storage
+    if compute == "auto":
+        gains = hidden_size >= AUTO_BF16_MIN_HIDDEN and cpu_has_bf16_matrix_units()
+        compute = "bfloat16" if gains else "float32"
+    if compute != "bfloat16":
+        return resolve_dtype(dtype, device), torch.float32
+    storage = resolve_dtype(dtype if dtype is not None else "bfloat16", device)
+    if storage != torch.bfloat16:
+        raise ConfigError(f"bfloat16 compute keeps bfloat16 weights; {storage} weights would be cast at every call "
+                          "(leave dtype / --dtype unset)")
+    if not cpu_has_bf16_matrix_units():
+        log.warning("this CPU has no bf16 matrix units (AMX): bfloat16 compute will be far slower than float32")
+    return storage, torch.bfloat16
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,12 +167,15 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
                     device: str | torch.device | None = None, weights: Literal["ema", "model"] = "ema",
                     strict: bool = True, load_vae_weights: bool = True,
                     mode: Literal["full", "understanding"] = "full",
-                    quantize: Literal["int8"] | None = None) -> LoadedCheckpoint:
+                    quantize: Literal["int8"] | None = None,
+                    compute: Literal["float32", "bfloat16", "auto"] | None = None) -> LoadedCheckpoint:
     """Load config, network, VAE and tokenizer from `folder`. Raises CheckpointError/ConfigError on bad input.
 
     `mode="understanding"` reads neither the generation expert nor the VAE (they stay unallocated):
     the 14B model's understanding path needs 8.05 B of its 14.6 B parameters. `quantize="int8"` keeps
     the decoder's linear layers as int8 with one scale per output row (quantized while loading).
+    `compute` is what a CPU computes in (see `resolve_compute`): fp32 by default; "bfloat16" or "auto"
+    for CPUs with bf16 matrix units, where the network's matmuls run several times faster.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -143,8 +187,8 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
     if quantize not in QUANTIZATIONS:
         raise ConfigError(f"quantize must be None or 'int8', got {quantize!r}")
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
     config = UnifiedConfig.from_checkpoint_dir(folder)
+    dtype, compute_dtype = resolve_compute(compute, dtype, device, config.llm.hidden_size)
     image_config = ImageConfig.from_checkpoint_dir(folder)
     tokenizer = TextTokenizer.from_dir(folder)
     if tokenizer.vocab_size > config.llm.vocab_size:
@@ -159,12 +203,14 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
     released = replace(keymaps.RELEASED, name=", ".join(f.name for f in files), skipped=skipped)
     reports = [load_weights(model, files, released, dtype=dtype, device=device, strict=strict)]
     model.eval().requires_grad_(False)
+    model.cpu_compute_dtype = compute_dtype
     vae = None
     if load_vae_weights and mode == "full":
         ae_path = folder / "ae.safetensors"
         if ae_path.is_file():
-            # The VAE stays fp32 on CPU (it is small, and bf16 convs are slow there).
-            vae_dtype = torch.float32 if device.type == "cpu" else dtype
+            # On CPU the VAE computes in the compute dtype: fp32 by default (bf16 convolutions are slow on
+            # most CPUs), bf16 with bf16 compute (AMX: its decoder 6x faster than fp32 on one such machine).
+            vae_dtype = compute_dtype if device.type == "cpu" else dtype
             vae, report = load_vae(ae_path, config.vae, dtype=vae_dtype, device=device, strict=strict)
             reports.append(report)
             vae.eval().requires_grad_(False)

@@ -12,6 +12,7 @@ import typer
 from unimedvl.cli.options import (
     AxisOpt,
     CheckpointOpt,
+    ComputeOpt,
     DeviceOpt,
     DtypeOpt,
     Int8Opt,
@@ -38,7 +39,7 @@ def ask(
     think: bool = typer.Option(False, "--think", help="Reason in <think> tags before answering."),
     seed: Optional[int] = typer.Option(None, help="Seed for sampling."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    int8: bool = Int8Opt,
+    int8: bool = Int8Opt, compute: Optional[str] = ComputeOpt,
     slice_index: Optional[int] = SliceOpt, axis: int = AxisOpt, window: Optional[str] = WindowOpt,
 ) -> None:
     """Answer a question or write a report about medical images (loads the understanding path only)."""
@@ -47,7 +48,7 @@ def ask(
     from unimedvl.inference.engine import TextOptions
 
     options = TextOptions(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p)
-    choice = ModelChoice(checkpoint, dtype, device, mode="understanding", int8=int8)
+    choice = ModelChoice(checkpoint, dtype, device, mode="understanding", int8=int8, compute=compute)
     if batch is None:
         if question is None:
             raise InputError("give --question (or --batch FILE.jsonl)")
@@ -85,6 +86,7 @@ def generate(
     seed: int = typer.Option(0, help="Seed of the initial noise."),
     think: bool = typer.Option(False, "--think", help="Plan in <think> tags first."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    compute: Optional[str] = ComputeOpt,
     *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
 ) -> None:
     """Generate an image from text."""
@@ -92,7 +94,7 @@ def generate(
     from unimedvl.inference.engine import check_generation_size
 
     output_format(out)
-    choice = ModelChoice(checkpoint, dtype, device)
+    choice = ModelChoice(checkpoint, dtype, device, compute=compute)
     config, sizes = choice.configs()
     check_generation_size(config, sizes.default_size if height is None else height,
                           sizes.default_size if width is None else width)
@@ -118,6 +120,7 @@ def edit(
     height: Optional[int] = typer.Option(None, help="Output height (default: the input's, sized for the model)."),
     width: Optional[int] = typer.Option(None, help="Output width (default: the input's, sized for the model)."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
+    compute: Optional[str] = ComputeOpt,
     slice_index: Optional[int] = SliceOpt, axis: int = AxisOpt, window: Optional[str] = WindowOpt,
     *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
 ) -> None:
@@ -129,7 +132,7 @@ def edit(
     source = load_image(image, options=read_options(slice_index, axis, window))  # refused before the model loads
     if (height is None) != (width is None):
         raise typer.BadParameter("give both --height and --width, or neither")
-    choice = ModelChoice(checkpoint, dtype, device)
+    choice = ModelChoice(checkpoint, dtype, device, compute=compute)
     if height is not None:
         check_generation_size(choice.configs()[0], height, width)
     model = choice.load()
@@ -153,7 +156,7 @@ def serve(
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Listen on a non-loopback address without a key."),
     understanding_only: bool = typer.Option(False, "--understanding-only",
                                             help="Load the understanding path only (no images drawn; less memory)."),
-    int8: bool = Int8Opt,
+    int8: bool = Int8Opt, compute: Optional[str] = ComputeOpt,
     max_running: int = typer.Option(16, help="Text requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests waiting before new ones get 429."),
     timeout: float = typer.Option(300.0, help="Seconds a request may take, queue included."),
@@ -167,7 +170,8 @@ def serve(
     settings = ServerSettings(api_key=api_key, max_running=max_running, max_queue=max_queue,
                               request_timeout_s=timeout)
     check_bind(host, api_key, allow_remote)  # refused before the model loads
-    choice = ModelChoice(checkpoint, dtype, device, mode="understanding" if understanding_only else "full", int8=int8)
+    choice = ModelChoice(checkpoint, dtype, device, mode="understanding" if understanding_only else "full", int8=int8,
+                         compute=compute)
     model = choice.load()
     print(f"serving {choice.label} on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
     run_server(model, settings, host=host, port=port, allow_remote=allow_remote, threads=threads)

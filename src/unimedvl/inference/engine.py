@@ -216,9 +216,8 @@ class UniMedVL:
                      generator: torch.Generator | None = None) -> torch.Tensor:
         """PIL (sides multiples of 16) -> scaled VAE latent `[16, H/8, W/8]`; posterior mean unless `sample`."""
         self._require_vae()
+        # The VAE computes in its own dtype: fp32 on CPU unless the model was loaded with bf16 compute.
         pixels = to_tensor(image)[None].to(self.device, next(self.vae.parameters()).dtype)
-        if pixels.device.type == "cpu":
-            pixels = pixels.float()
         return self.vae.encode(pixels, sample=sample, generator=generator)[0]
 
     @torch.no_grad()
@@ -227,8 +226,7 @@ class UniMedVL:
         self._require_vae()
         p, ds = self.config.latent_patch_size, self.config.latent_downsample
         latent = unpatchify(tokens, height // ds, width // ds, p, self.config.vae.z_channels)
-        vae_dtype = next(self.vae.parameters()).dtype
-        decoded = self.vae.decode(latent[None].to(self.device, vae_dtype if self.device.type != "cpu" else torch.float32))
+        decoded = self.vae.decode(latent[None].to(self.device, next(self.vae.parameters()).dtype))
         return latent, decoded[0]
 
     # ------------------------------------------------------------ text

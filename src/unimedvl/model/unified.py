@@ -72,6 +72,8 @@ class UniMedVLModel(nn.Module):
     def __init__(self, config: UnifiedConfig) -> None:
         super().__init__()
         self.config = config
+        # What a CPU computes in: fp32 unless the loader chose bf16 (a CPU with bf16 matrix units, AMX).
+        self.cpu_compute_dtype = torch.float32
         h = config.llm.hidden_size
         self.language_model = Qwen2MoTForCausalLM(config.llm)
         self.time_embedder = TimestepEmbedder(h, config.timestep_embed_dim)
@@ -91,9 +93,10 @@ class UniMedVLModel(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """fp32 on CPU whatever the storage dtype (no native bf16 there); the weight dtype on GPU."""
+        """The weight dtype on GPU; on CPU `cpu_compute_dtype`: fp32 whatever the storage dtype (most CPUs have
+        no native bf16, where a bf16 matmul is hundreds of times slower), bf16 where the loader chose it."""
         weight = self.language_model.model.embed_tokens.weight
-        return torch.float32 if weight.device.type == "cpu" else weight.dtype
+        return self.cpu_compute_dtype if weight.device.type == "cpu" else weight.dtype
 
     @property
     def device(self) -> torch.device:
