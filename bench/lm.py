@@ -1,6 +1,7 @@
 """Language-model speed against Hugging Face `transformers`, with the same weights, in the same run.
 
-    .venv/bin/python bench/lm.py [--configs tiny,unimedvl-tiny,small] [--contexts 128,1024,4096] [--int8 small] [--json out.json]
+    .venv/bin/python bench/lm.py [--configs tiny,unimedvl-tiny,small] [--contexts 128,1024,4096] [--int8 small]
+                                 [--compute float32|bfloat16] [--json out.json]
 
 The understanding path of UniMedVL is Qwen2 with QK-norm, i.e. `transformers`' Qwen3ForCausalLM with
 `attention_bias=True`: the peer is that model holding our understanding-expert weights (logits checked
@@ -8,8 +9,10 @@ first). For each config and context length T it measures, ours and the peer inte
 * prefill: T tokens into an empty cache, tokens/s;
 * decode: 32 greedy steps after a T-token prefill, tokens/s; for the --int8 configs also the same model
   with int8 decoder weights (one scale per row, as `ask --int8` loads it), with its logit drift.
-Machine limits measured by the script: the fp32 matmul peak (prefill GFLOP/s is a fraction of it) and
-the memory read bandwidth (decode reads every active weight per token: its limit is bandwidth / bytes).
+Machine limits measured by the script: the matmul peak in the compute dtype (prefill GFLOP/s is a fraction
+of it) and the memory read bandwidth (decode reads every active weight per token: its limit is bandwidth /
+bytes). `--compute bfloat16` runs both models in bf16 (ours as `load_checkpoint(compute="bfloat16")` loads
+it; for CPUs with bf16 matrix units, AMX), logits then checked within bf16's rounding.
 Needs `pip install '.[bench]'` (transformers). A benchmark, not a test; run it alone on the machine.
 """
 
@@ -77,13 +80,13 @@ def llm_flops(cfg: LLMConfig, tokens: int, context: int) -> float:
     return tokens * (per_token + attention) + 2 * h * cfg.vocab_size
 
 
-def active_bytes(cfg: LLMConfig, context: int) -> int:
-    """Bytes decode reads per token in fp32: understanding weights (embedding row aside) and the K/V cache."""
+def active_bytes(cfg: LLMConfig, context: int, element_size: int = 4) -> int:
+    """Bytes decode reads per token: understanding weights (embedding row aside) and the K/V cache."""
     h, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
     layer = 2 * h * h + 2 * h * kv + 3 * h * cfg.intermediate_size
     weights = cfg.num_hidden_layers * layer + h * cfg.vocab_size
     cache = cfg.num_hidden_layers * 2 * kv * context
-    return 4 * (weights + cache)
+    return element_size * (weights + cache)
 
 
 def small_model():  # noqa: ANN201
@@ -98,11 +101,16 @@ def small_model():  # noqa: ANN201
     return model.eval()
 
 
-def load_ours(name: str):  # noqa: ANN201
+def load_ours(name: str, compute: str = "float32"):  # noqa: ANN201
     if name == "small":
-        return small_model()
+        model = small_model()
+        if compute == "bfloat16":
+            model.to(torch.bfloat16)
+            model.cpu_compute_dtype = torch.bfloat16
+        return model
     folder = {"tiny": REFERENCE_TINY, "unimedvl-tiny": SHIPPED}[name]
-    return load_checkpoint(folder, dtype="float32").model.eval()
+    dtype = "float32" if compute == "float32" else None
+    return load_checkpoint(folder, dtype=dtype, compute=compute).model.eval()
 
 
 def int8_copy(model):  # noqa: ANN001, ANN201
@@ -149,13 +157,13 @@ def hf_peer(model):  # noqa: ANN001, ANN201
     state = peer.state_dict()
     for key in state:
         if key in ours:
-            state[key] = ours[key].float()
+            state[key] = ours[key].float()  # cast to the compute dtype with the whole peer below
         elif key.endswith("o_proj.bias"):
             state[key] = torch.zeros_like(state[key])  # Qwen2 has no o_proj bias; Qwen3's attention_bias adds one
         else:
             raise KeyError(f"no weight for {key}")
     peer.load_state_dict(state)
-    return peer
+    return peer.to(model.compute_dtype)
 
 
 @torch.no_grad()
@@ -194,16 +202,17 @@ def check_logits(model, peer, length: int = 64) -> float:  # noqa: ANN001
         cache = model.new_cache()
         ours = model.logits(model.prefill_text(cache, ids))
         theirs = peer(input_ids=ids[None]).logits[0]
-    return float((ours - theirs).abs().max() / theirs.abs().max())
+    return float((ours.float() - theirs.float()).abs().max() / theirs.float().abs().max())
 
 
 def bench_config(name: str, contexts: list[int], repeats: int, peak: float, bandwidth: float,
-                 with_int8: bool = False, probe: ReadProbe | None = None) -> list[dict]:
+                 with_int8: bool = False, probe: ReadProbe | None = None, compute: str = "float32") -> list[dict]:
     probe = probe or ReadProbe()
-    model = load_ours(name)
+    model = load_ours(name, compute)
     peer = hf_peer(model)
     drift = check_logits(model, peer)
-    if drift > 1e-4:
+    element_size = 4 if compute == "float32" else 2
+    if drift > (1e-4 if compute == "float32" else 3e-2):  # bf16: two op orders round differently
         raise SystemExit(f"{name}: logits differ from transformers by {drift:.2e} (relative); not comparable")
     quantized = int8_copy(model) if with_int8 else None
     int8_stats = int8_drift(model, quantized) if quantized is not None else None
@@ -232,13 +241,14 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             copy_s = _timed(lambda: copy.deepcopy(hf_cache))  # the peer's cache copy is ours' fork(): not decode time
             times["hf_decode"].append(_timed(lambda: hf_decode(peer, hf_cache, token, DECODE_STEPS)) - copy_s)
         best = {k: min(v) for k, v in times.items() if v}
-        limit = bandwidth * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2)
+        limit = bandwidth * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2, element_size)
         row = {"config": name, "context": context,
                "prefill_tok_s": context / best["ours_prefill"], "hf_prefill_tok_s": context / best["hf_prefill"],
                "prefill_peak_fraction": llm_flops(cfg, context, context) / best["ours_prefill"] / 1e9 / peak,
                "decode_tok_s": DECODE_STEPS / best["ours_decode"], "hf_decode_tok_s": DECODE_STEPS / best["hf_decode"],
                "decode_limit_tok_s": limit, "logit_drift": drift, "bandwidth_beside_decode_gbs": max(beside),
-               "decode_limit_beside_tok_s": max(beside) * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2)}
+               "decode_limit_beside_tok_s": max(beside) * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2,
+                                                                             element_size)}
         if quantized is not None:
             row.update(int8_decode_tok_s=DECODE_STEPS / best["int8_decode"], int8_logit_drift=int8_stats[0],
                        int8_top1_agreement=int8_stats[1])
@@ -255,21 +265,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--int8", default="small", help="configs whose int8 decoding is measured too (comma list)")
+    parser.add_argument("--compute", default="float32", choices=["float32", "bfloat16"],
+                        help="what both models compute in (bfloat16: int8 is not measured)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     probe = ReadProbe()
-    peak, probes = matmul_peak_gflops(), probe.all()
+    dtype = torch.float32 if args.compute == "float32" else torch.bfloat16
+    peak, probes = matmul_peak_gflops(dtype=dtype), probe.all()
     bandwidth = max(probes.values())
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s (best of "
+          f"computing in {args.compute}; its matmul peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s (best of "
           + ", ".join(f"{k} {v:.1f}" for k, v in probes.items()) + ")")
     rows = []
     for name in args.configs.split(","):
         rows += bench_config(name, [int(c) for c in args.contexts.split(",")], args.repeats, peak, bandwidth,
-                             with_int8=name in args.int8.split(","), probe=probe)
+                             with_int8=args.compute == "float32" and name in args.int8.split(","), probe=probe,
+                             compute=args.compute)
     print("\n| config | T | prefill tok/s | vs transformers | of matmul peak | decode tok/s | vs transformers "
           "| of bandwidth limit | of the limit probed beside it |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -68,10 +68,10 @@ def reference_kwargs(options: GuidanceOptions) -> dict:
 class Reference:
     """The worker process: one request at a time, one JSON line each way."""
 
-    def __init__(self, python: str, src: Path, checkpoint: Path, threads: int) -> None:
+    def __init__(self, python: str, src: Path, checkpoint: Path, threads: int, dtype: str = "float32") -> None:
         self.process = subprocess.Popen(
             [python, str(HERE / "reference_worker.py"), "--src", str(src), "--checkpoint", str(checkpoint),
-             "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             "--threads", str(threads), "--dtype", dtype], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self._read()
         print(f"reference ready (torch {ready['torch']})", file=sys.stderr)
 
@@ -102,6 +102,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache", default="2,3", help="also time ours with feature caching every N steps (approximate; "
                         "its PSNR against the reference says how much); empty: none")
+    parser.add_argument("--bf16", action="store_true", help="also time ours computing in bf16 (`compute=\"bfloat16\"`, "
+                        "for CPUs with AMX), exact and with caching; the reference stays in float32")
+    parser.add_argument("--reference-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="float32: the reference's bf16 casts read as fp32 (its CPU path); bfloat16: its sources "
+                        "as written under CPU autocast to bf16 (as its CUDA autocast on a GPU)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unimedvl-bench")
     parser.add_argument("--json", type=Path)
@@ -119,7 +124,9 @@ def main() -> None:
     else:
         checkpoint = REFERENCE_TINY
     ours = UniMedVL(load_checkpoint(checkpoint, dtype="float32", device="cpu"), image_config=IDENTITY_SIZES)
-    reference = Reference(args.reference_python, args.reference_src, checkpoint, args.threads)
+    ours_bf16 = UniMedVL(load_checkpoint(checkpoint, device="cpu", compute="bfloat16"),
+                         image_config=IDENTITY_SIZES) if args.bf16 else None
+    reference = Reference(args.reference_python, args.reference_src, checkpoint, args.threads, args.reference_dtype)
     image_path = args.work / "edit-input-224.png"
     Image.open(SAMPLES / "brain_mri_msd.png").convert("RGB").resize((224, 224), Image.BICUBIC).save(image_path)
     side = args.size // 16
@@ -135,8 +142,12 @@ def main() -> None:
                        "guidance": reference_kwargs(options), "noise": str(noise_path),
                        "out": str(args.work / f"reference-{task}.png")}
             intervals = [int(c) for c in args.cache.split(",") if c]
-            variants = {"ours": options, **{f"ours, cache every {n}": replace(options, cache_interval=n)
-                                            for n in intervals}}
+            variants = {"ours": (ours, options), **{f"ours, cache every {n}": (ours, replace(options, cache_interval=n))
+                                                    for n in intervals}}
+            if ours_bf16 is not None:
+                variants["ours, bf16 compute"] = (ours_bf16, options)
+                variants.update({f"ours, bf16 compute, cache every {n}": (ours_bf16, replace(options, cache_interval=n))
+                                 for n in intervals})
             times: dict[str, list[float]] = {**{name: [] for name in variants}, "reference": []}
             images: dict[str, np.ndarray] = {}
             for repeat in range(args.repeats + 1):  # the first round warms both up and is not counted
@@ -147,8 +158,9 @@ def main() -> None:
                         seconds = answer["seconds"]
                         images[name] = np.asarray(Image.open(request["out"]).convert("RGB"))
                     else:
-                        image, _ = ours.interleave(items, height=args.size, width=args.size, noise=noise,
-                                                   guidance=variants[name])
+                        model, variant = variants[name]
+                        image, _ = model.interleave(items, height=args.size, width=args.size, noise=noise,
+                                                    guidance=variant)
                         seconds = time.perf_counter() - start
                         images[name] = np.asarray(image)
                     if repeat:
@@ -164,7 +176,8 @@ def main() -> None:
                              "psnr_vs_reference": psnr(Image.fromarray(images[name]), Image.fromarray(images["reference"]))})
     finally:
         reference.close()
-    print(f"\n{args.config} config, {args.size} px, {args.steps} steps, {args.threads} threads, best of {args.repeats}\n")
+    print(f"\n{args.config} config, {args.size} px, {args.steps} steps, {args.threads} threads, best of {args.repeats}, "
+          f"the reference in {args.reference_dtype}\n")
     print("| task | ours | seconds | reference s | speedup | max pixel diff | PSNR vs reference |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -172,6 +185,7 @@ def main() -> None:
               f"{r['max_pixel_diff']} | {r['psnr_vs_reference']:.1f} dB |")
     if args.json:
         args.json.write_text(json.dumps({"config": args.config, "size": args.size, "steps": args.steps,
+                                         "reference_dtype": args.reference_dtype,
                                          "threads": args.threads, "rows": rows}, indent=2) + "\n")
 
 

@@ -12,6 +12,9 @@ The reference needs two things a CPU does not have, replaced here and nowhere el
   on a GPU): on a CPU without native bf16 that is ~370x slower, so the sources are read from a copy in
   which `torch.bfloat16` reads `torch.float32` (qwen2_navit.py and siglip_navit.py only), and the whole
   run is float32, as ours is. The VAE returns its posterior mean (`reg.sample = False`), as ours does.
+  `--dtype bfloat16` instead runs the sources as written under CPU autocast to bf16, as its CUDA autocast
+  does on a GPU (for CPUs with AMX, beside ours with `compute="bfloat16"`); with bf16 weights and no
+  autocast it stops on mixed dtypes (qwen2_navit.py line 617).
 
 Protocol: one JSON object per line on stdin, one per line on stdout:
     {"task": "text-to-image" | "editing", "prompt": str, "image": path (editing), "size": int,
@@ -186,12 +189,14 @@ def main() -> None:
     parser.add_argument("--src", type=Path, required=True, help="the reference checkout's codes/ folder")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     install_flash_attn_stand_in()
-    sys.path.insert(0, str(fp32_copy(args.src)))
+    sys.path.insert(0, str(fp32_copy(args.src) if args.dtype == "float32" else args.src))
     inferencer = load_reference(args.checkpoint)
+    autocast = args.dtype == "bfloat16"
     print(json.dumps({"ready": True, "torch": torch.__version__}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
@@ -201,7 +206,7 @@ def main() -> None:
             items = [Image.open(request["image"]).convert("RGB"), request["prompt"]]
         guidance = deepcopy(request["guidance"])
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = inferencer.interleave_inference(items, understanding_output=False,
                                                   image_shapes=(request["size"], request["size"]), **guidance)
         seconds = time.perf_counter() - start

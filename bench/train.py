@@ -1,13 +1,14 @@
-"""Training speed of one packed step (forward, backward, AdamW) and its MFU against the measured fp32 matmul peak.
+"""Training speed of one packed step (forward, backward, AdamW) and its MFU against the measured matmul peak.
 
-    .venv/bin/python bench/train.py [--config small] [--tokens 512] [--steps 3] [--json out.json]
+    .venv/bin/python bench/train.py [--config small] [--tokens 512] [--steps 3] [--precision fp32,bf16] [--json out.json]
 
 The pack mixes what the unified stage trains on: per sample a text prompt, a ViT image, an answer with
 cross-entropy, and a noisy latent image with the flow-matching loss (latent tokens filled directly: the
 VAE's encoding is not timed). FLOPs are counted from the shapes: 6 x the routed expert's matmul
 weights per decoder token, the ViT's per ViT token, the lm_head on cross-entropy rows, and the attention
-score and value products over each token's keys. The peer is the fp32 matmul peak measured in the same
-run (`bench_model.matmul_peak_gflops`). A benchmark, not a test: run it alone on the machine.
+score and value products over each token's keys. The peer is the matmul peak measured in the same
+run (`bench_model.matmul_peak_gflops`), in fp32 and, for `--precision bf16` (the trainer's bf16 autocast,
+fp32 master weights; for CPUs with AMX), in bf16. A benchmark, not a test: run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -62,9 +63,25 @@ def main() -> None:
     parser.add_argument("--config", default="small")
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--precision", default="fp32", help="comma list of fp32 / bf16 (bf16 autocast, as the trainer)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    config = UnifiedConfig.preset(args.config)
+    rows = [measure(args.config, args.tokens, args.steps, precision) for precision in args.precision.split(",")]
+    print("\n| preset | precision | tokens | forward s | backward s | AdamW s | tokens/s | GFLOP/s | matmul peak "
+          "| MFU (of measured peak) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['precision']} | {r['tokens']} | {r['best']['forward']:.2f} | "
+              f"{r['best']['backward']:.2f} | {r['best']['optimizer']:.2f} | {r['tokens_per_s']:,.0f} | "
+              f"{r['gflops']:.0f} | {r['peak_gflops']:.0f} | {100 * r['mfu']:.0f}% |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+def measure(preset: str, tokens: int, steps: int, precision: str) -> dict:
+    if precision not in ("fp32", "bf16"):
+        raise SystemExit(f"--precision takes fp32 / bf16, not {precision!r}")
+    config = UnifiedConfig.preset(preset)
     torch.manual_seed(0)
     model = build_model(config, device="cpu")
     with torch.no_grad():
@@ -74,16 +91,17 @@ def main() -> None:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=False, foreach=True)
     special = SpecialTokens(bos=1, eos=2, start_of_image=3, end_of_image=4)
-    batch = build_pack(config, special, args.tokens)
+    batch = build_pack(config, special, tokens)
     flops = step_flops(config, batch)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(dtype=torch.float32 if precision == "fp32" else torch.bfloat16)
     times = {"forward": [], "backward": [], "optimizer": []}
-    for step in range(args.steps + 1):  # the first step warms up (allocator, AdamW state)
+    for step in range(steps + 1):  # the first step warms up (allocator, AdamW state)
         t0 = time.perf_counter()
-        out = model(batch)
-        loss = F.cross_entropy(out.logits.float(), batch.ce_targets, reduction="mean")
-        for velocity in out.velocities:
-            loss = loss + velocity.float().pow(2).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(batch)
+            loss = F.cross_entropy(out.logits.float(), batch.ce_targets, reduction="mean")
+            for velocity in out.velocities:
+                loss = loss + velocity.float().pow(2).mean()
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -94,18 +112,13 @@ def main() -> None:
             for key, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
                 times[key].append(seconds)
     best = {k: min(v) for k, v in times.items()}
-    total = sum(best.values())
-    achieved = flops / total / 1e9
-    params = sum(p.numel() for p in model.parameters())
-    print(f"\ntraining step: {args.config} preset ({params / 1e6:.0f} M parameters, fp32), {batch.num_tokens} tokens "
-          f"({batch.num_ce_tokens} CE, {batch.num_mse_tokens} MSE); fp32 matmul peak {peak:.0f} GFLOP/s\n")
-    print("| forward s | backward s | AdamW s | tokens/s | GFLOP/s | MFU (of measured peak) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {best['forward']:.2f} | {best['backward']:.2f} | {best['optimizer']:.2f} | "
-          f"{batch.num_tokens / total:,.0f} | {achieved:.0f} | {100 * achieved / peak:.0f}% |")
-    if args.json:
-        args.json.write_text(json.dumps({"times": times, "flops": flops, "peak_gflops": peak,
-                                         "tokens": batch.num_tokens, "mfu": achieved / peak}, indent=1))
+    achieved = flops / sum(best.values()) / 1e9
+    print(f"  {preset} {precision}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters, "
+          f"{batch.num_tokens} tokens ({batch.num_ce_tokens} CE, {batch.num_mse_tokens} MSE), {achieved:.0f} GFLOP/s",
+          flush=True)
+    return {"config": preset, "precision": precision, "tokens": batch.num_tokens, "times": times, "best": best,
+            "flops": flops, "peak_gflops": peak, "gflops": achieved, "tokens_per_s": batch.num_tokens / sum(best.values()),
+            "mfu": achieved / peak}
 
 
 if __name__ == "__main__":
