@@ -26,6 +26,8 @@ from unimedvl.config import UnifiedConfig
 from unimedvl.model.builder import build_model
 from unimedvl.model.packing import LatentSegment, PackBuilder, TextSegment, VitSegment
 from unimedvl.text.tokenizer import SpecialTokens
+from unimedvl.train.config import OptimConfig
+from unimedvl.train.trainer import build_optimizer
 
 
 def build_pack(config: UnifiedConfig, special: SpecialTokens, tokens: int, seed: int = 0):  # noqa: ANN201
@@ -89,7 +91,7 @@ def measure(preset: str, tokens: int, steps: int, precision: str) -> dict:
             if p.dim() > 1:
                 torch.nn.init.normal_(p, std=0.02)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=False, foreach=True)
+    optimizer = build_optimizer(list(model.parameters()), OptimConfig(lr=1e-5), sharded=False)  # as a run builds it
     special = SpecialTokens(bos=1, eos=2, start_of_image=3, end_of_image=4)
     batch = build_pack(config, special, tokens)
     flops = step_flops(config, batch)
