@@ -1,7 +1,7 @@
 """Image generation speed: guidance branches in one forward against the same call with the branches one by one.
 
     .venv/bin/python bench/image.py [--configs tiny,unimedvl-tiny,small] [--sizes 64,128,256,512] [--steps 10]
-                                    [--small-dir DIR] [--json out.json]
+                                    [--compute float32|bfloat16] [--small-dir DIR] [--json out.json]
 
 For each config and size it times text-to-image (2 branches: full and text-unconditional) and editing
 (3 branches: + image-unconditional) with guidance, `UniMedVL.batch_guidance` forced on (True) and off
@@ -10,7 +10,8 @@ For each config and size it times text-to-image (2 branches: full and text-uncon
 times feature caching (`GuidanceOptions.cache_interval`: the network every N steps, each branch's
 velocity extrapolated in between) and states its quality cost as PSNR / SSIM against the uncached image. The small preset
 has random bf16 weights written once to --small-dir (the released VAE's shape, random too), computed
-in fp32. A benchmark, not a test: run it alone on the machine.
+in fp32, or in bf16 with `--compute bfloat16` (every config; for CPUs with AMX). A benchmark, not a test:
+run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from unimedvl.inference.engine import UniMedVL
 from unimedvl.model.sampling import GuidanceOptions
 
 
-def load(name: str, small_dir: Path) -> UniMedVL:
+def load(name: str, small_dir: Path, compute: str = "float32") -> UniMedVL:
+    dtype = "float32" if compute == "float32" else None
     if name == "small":
         folder = small_dir / "unimedvl-small-random"
         if not (folder / "ema.safetensors.index.json").is_file():
             write_random_checkpoint(folder, config=UnifiedConfig.small(), with_vae=True)
-        return UniMedVL.from_pretrained(folder, dtype="float32")
-    return UniMedVL.from_pretrained({"tiny": REFERENCE_TINY, "unimedvl-tiny": default_checkpoint()}[name])
+        return UniMedVL.from_pretrained(folder, dtype=dtype, compute=compute)
+    folder = {"tiny": REFERENCE_TINY, "unimedvl-tiny": default_checkpoint()}[name]
+    return UniMedVL.from_pretrained(folder, dtype=dtype, compute=compute)
 
 
 def timed_call(model: UniMedVL, batched: bool, task: str, size: int, steps: int, cache: int = 1
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache", default="2,3", help="cache intervals to time against the uncached call (TaylorSeer-"
                         "style extrapolation between network calls); empty: none")
+    parser.add_argument("--compute", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--small-dir", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -74,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         small_dir = args.small_dir or Path(scratch)
         for name in args.configs.split(","):
-            model = load(name, small_dir)
+            model = load(name, small_dir, args.compute)
             for size in (int(s) for s in args.sizes.split(",")):
                 for task in ("text-to-image", "editing"):
                     timed_call(model, True, task, size, 2)  # warm-up
@@ -98,7 +102,8 @@ def main() -> None:
                     print(f"  {name} {task} {size}px: {row['one_by_one_s']:.3f} -> {row['batched_s']:.3f} s",
                           file=sys.stderr, flush=True)
             del model
-    print(f"\nguidance branches batched vs one by one ({args.steps} timesteps, torch {torch.__version__}, "
+    print(f"\nguidance branches batched vs one by one ({args.steps} timesteps, computing in {args.compute}, "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores)\n")
     print("| config | task | size | one by one s | batched s | speed-up | largest pixel difference | PSNR |")
     print("|---|---|---|---|---|---|---|---|")
