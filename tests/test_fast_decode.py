@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unimedvl.model.layers import Int8Linear, Linear, quantize_linears
+from unimedvl.model.layers import Int8DynamicLinear, Int8Linear, Linear, pack_int8_dynamic, quantize_linears
 from unimedvl.model.matvec import TRIALS, MatvecKernels, blas_matvec
 
 
@@ -69,3 +69,24 @@ def test_quantize_linears_swaps_only_the_selected_layers() -> None:
     assert quantize_linears(model, lambda name: name != "0") == 1
     assert isinstance(model[0], Linear) and isinstance(model[1][0], Int8Linear)
     assert isinstance(model[2], torch.nn.Linear)  # not ours: left alone
+
+
+def test_int8_dynamic_layer_packs_for_fbgemm_and_stays_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    dense = Linear(1024, 2048, bias=True)
+    weight_only, dynamic = Int8Linear(1024, 2048, bias=True), Int8DynamicLinear(1024, 2048, bias=True)
+    with torch.no_grad():
+        for layer in (weight_only, dynamic):
+            layer.load_weight(dense.weight, torch.device("cpu"))
+            layer.bias.copy_(dense.bias)
+        x = torch.randn(5, 1024)
+        assert torch.equal(dynamic(x), weight_only(x))  # not packed yet: the weight-only path
+        assert pack_int8_dynamic(torch.nn.Sequential(dynamic, weight_only)) == 1
+        assert dynamic.weight.numel() == 0  # FBGEMM holds the only copy
+        for rows in (1, 5):
+            x = torch.randn(rows, 1024)
+            ref, out = dense(x), dynamic(x)
+            assert out.shape == ref.shape and out.dtype == torch.float32
+            assert not torch.equal(out, weight_only(x))  # activations are quantized too
+            assert (out - ref).norm() / ref.norm() < 0.03
+        assert dynamic(torch.randn(2, 3, 1024)).shape == (2, 3, 2048)

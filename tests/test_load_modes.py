@@ -50,6 +50,27 @@ def test_int8_keeps_decoder_linears_int8_and_drifts_little(cxr_path: Path) -> No
     assert answer.text.strip() in ("Yes.", "No.")
 
 
+def test_int8_dynamic_packs_the_decoder_for_fbgemm_and_drifts_a_little_more(cxr_path: Path) -> None:
+    from unimedvl.model.layers import Int8DynamicLinear
+
+    fp32 = load_checkpoint(SHIPPED).model
+    weight_only = load_checkpoint(SHIPPED, mode="understanding", quantize="int8").model
+    dynamic = load_checkpoint(SHIPPED, mode="understanding", quantize="int8-dynamic").model
+    packed = [m for m in dynamic.language_model.modules() if isinstance(m, Int8DynamicLinear)]
+    loaded = [m for m in packed if m._packed is not None]
+    assert loaded and all(m.weight.numel() == 0 for m in loaded)
+    assert all(m.weight.is_meta for m in packed if m._packed is None)  # the generation expert, never loaded
+    ids = torch.arange(5, 60)
+    ref = _prefill_logits(fp32, ids)
+    drift = {name: float((_prefill_logits(m, ids) - ref).norm() / ref.norm())
+             for name, m in (("int8", weight_only), ("dynamic", dynamic))}
+    assert drift["int8"] < drift["dynamic"] < 0.08, drift  # activations quantized too: a little more drift
+    agreement = float((_prefill_logits(dynamic, ids).argmax(-1) == ref.argmax(-1)).float().mean())
+    assert agreement > 0.9, agreement
+    engine = UniMedVL.from_pretrained(SHIPPED, mode="understanding", quantize="int8-dynamic")
+    assert engine.ask([cxr_path], "Is there pneumonia?").text.strip() in ("Yes.", "No.")
+
+
 def test_bad_modes_are_named() -> None:
     with pytest.raises(ConfigError, match="mode must be one of"):
         load_checkpoint(SHIPPED, mode="fast")  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from unimedvl.cli.options import (
     ComputeOpt,
     DeviceOpt,
     DtypeOpt,
+    Int8DynamicOpt,
     Int8Opt,
     ModelChoice,
     SliceOpt,
@@ -39,7 +40,7 @@ def ask(
     think: bool = typer.Option(False, "--think", help="Reason in <think> tags before answering."),
     seed: Optional[int] = typer.Option(None, help="Seed for sampling."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
-    int8: bool = Int8Opt, compute: Optional[str] = ComputeOpt,
+    int8: bool = Int8Opt, int8_dynamic: bool = Int8DynamicOpt, compute: Optional[str] = ComputeOpt,
     slice_index: Optional[int] = SliceOpt, axis: int = AxisOpt, window: Optional[str] = WindowOpt,
 ) -> None:
     """Answer a question or write a report about medical images (loads the understanding path only)."""
@@ -48,7 +49,8 @@ def ask(
     from unimedvl.inference.engine import TextOptions
 
     options = TextOptions(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p)
-    choice = ModelChoice(checkpoint, dtype, device, mode="understanding", int8=int8, compute=compute)
+    choice = ModelChoice(checkpoint, dtype, device, mode="understanding", int8=int8, int8_dynamic=int8_dynamic,
+                         compute=compute)
     if batch is None:
         if question is None:
             raise InputError("give --question (or --batch FILE.jsonl)")
@@ -156,7 +158,7 @@ def serve(
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Listen on a non-loopback address without a key."),
     understanding_only: bool = typer.Option(False, "--understanding-only",
                                             help="Load the understanding path only (no images drawn; less memory)."),
-    int8: bool = Int8Opt, compute: Optional[str] = ComputeOpt,
+    int8: bool = Int8Opt, int8_dynamic: bool = Int8DynamicOpt, compute: Optional[str] = ComputeOpt,
     max_running: int = typer.Option(16, help="Text requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests waiting before new ones get 429."),
     timeout: float = typer.Option(300.0, help="Seconds a request may take, queue included."),
@@ -171,7 +173,7 @@ def serve(
                               request_timeout_s=timeout)
     check_bind(host, api_key, allow_remote)  # refused before the model loads
     choice = ModelChoice(checkpoint, dtype, device, mode="understanding" if understanding_only else "full", int8=int8,
-                         compute=compute)
+                         int8_dynamic=int8_dynamic, compute=compute)
     model = choice.load()
     print(f"serving {choice.label} on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
     run_server(model, settings, host=host, port=port, allow_remote=allow_remote, threads=threads)

@@ -18,6 +18,8 @@ DtypeOpt = typer.Option(None, "--dtype", help="Weight dtype: float32, bfloat16 (
 DeviceOpt = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 Int8Opt = typer.Option(False, "--int8", help="Keep the decoder's linear layers as int8 (one scale per row): "
                        "a quarter of fp32's memory, faster decoding on CPU, outputs drift slightly.")
+Int8DynamicOpt = typer.Option(False, "--int8-dynamic", help="CPU: int8 weights as --int8, and int8 activations "
+                              "per call (FBGEMM's int8 kernels): faster than --int8, outputs drift a little more.")
 ComputeOpt = typer.Option(None, "--compute", help="What a CPU computes in: float32 (default), bfloat16 (on CPUs "
                           "with AMX, e.g. Xeon Sapphire Rapids and later: several times faster matmuls, outputs "
                           "drift slightly; bf16 weights) or auto (bfloat16 where the CPU has AMX).")
@@ -51,6 +53,7 @@ class ModelChoice:
     device: str | None = None
     mode: str = "full"  # "understanding": ask loads neither the generation expert nor the VAE
     int8: bool = False
+    int8_dynamic: bool = False  # int8 weights and activations (CPU)
     compute: str | None = None  # the CPU compute dtype: float32 (None), bfloat16 or auto
 
     @property
@@ -76,7 +79,15 @@ class ModelChoice:
         from unimedvl.inference.engine import UniMedVL
 
         return UniMedVL.from_pretrained(self.folder, dtype=self.dtype, device=self.device, mode=self.mode,
-                                        quantize="int8" if self.int8 else None, compute=self.compute)
+                                        quantize=self.quantize, compute=self.compute)
+
+    @property
+    def quantize(self) -> str | None:
+        from unimedvl.errors import InputError
+
+        if self.int8 and self.int8_dynamic:
+            raise InputError("give --int8 or --int8-dynamic, not both")
+        return "int8-dynamic" if self.int8_dynamic else "int8" if self.int8 else None
 
 
 def progress(label: str) -> Callable[[int, int], None]:
