@@ -113,14 +113,15 @@ def load_ours(name: str, compute: str = "float32"):  # noqa: ANN201
     return load_checkpoint(folder, dtype=dtype, compute=compute).model.eval()
 
 
-def int8_copy(model):  # noqa: ANN001, ANN201
-    """The same model with every decoder linear layer int8 (one scale per row), as `load_checkpoint(quantize="int8")`."""
-    from unimedvl.model.layers import Int8Linear, Linear, quantize_linears
+def int8_copy(model, dynamic: bool = False):  # noqa: ANN001, ANN201
+    """The same model with every decoder linear layer int8 (one scale per row), as `load_checkpoint(quantize="int8")`
+    loads it, or with int8 activations too (FBGEMM, `quantize="int8-dynamic"`)."""
+    from unimedvl.model.layers import Int8DynamicLinear, Int8Linear, Linear, pack_int8_dynamic, quantize_linears
 
     clone = copy.deepcopy(model)
     weights = {n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
                for n, m in clone.language_model.named_modules() if isinstance(m, Linear)}
-    quantize_linears(clone.language_model, lambda name: True)
+    quantize_linears(clone.language_model, lambda name: True, Int8DynamicLinear if dynamic else Int8Linear)
     with torch.no_grad():
         for n, module in clone.language_model.named_modules():
             if isinstance(module, Int8Linear):
@@ -128,6 +129,7 @@ def int8_copy(model):  # noqa: ANN001, ANN201
                 module.load_weight(weight, weight.device)
                 if bias is not None:
                     module.bias.copy_(bias)
+    pack_int8_dynamic(clone)
     return clone.eval()
 
 
@@ -216,6 +218,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
         raise SystemExit(f"{name}: logits differ from transformers by {drift:.2e} (relative); not comparable")
     quantized = int8_copy(model) if with_int8 else None
     int8_stats = int8_drift(model, quantized) if quantized is not None else None
+    dynamic = int8_copy(model, dynamic=True) if with_int8 else None
+    dynamic_stats = int8_drift(model, dynamic) if dynamic is not None else None
     cfg = model.config.llm
     rows = []
     for context in contexts:
@@ -223,13 +227,15 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             continue
         ids = torch.randint(0, cfg.vocab_size, (context,), generator=torch.Generator().manual_seed(2))
         r = 1 if context >= 4096 and name == "small" else repeats
-        times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "hf_decode": [], "int8_decode": []}
+        times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "hf_decode": [], "int8_decode": [],
+                 "int8_dynamic_decode": []}
         for _ in range(r):  # interleaved, so both see the same machine state
             times["ours_prefill"].append(_timed(lambda: ours_prefill(model, ids)))
             times["hf_prefill"].append(_timed(lambda: hf_prefill(peer, ids)))
         _, cache = ours_prefill(model, ids)
         _, hf_cache = hf_prefill(peer, ids)
         int8_cache = ours_prefill(quantized, ids)[1] if quantized is not None else None
+        dynamic_cache = ours_prefill(dynamic, ids)[1] if dynamic is not None else None
         token = ids[-1:]
         beside: list[float] = []
         for _ in range(max(2, r)):
@@ -238,6 +244,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             beside.append(probe.dot())
             if quantized is not None:
                 times["int8_decode"].append(_timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
+                times["int8_dynamic_decode"].append(_timed(lambda: ours_decode(dynamic, dynamic_cache, token,
+                                                                               DECODE_STEPS)))
             copy_s = _timed(lambda: copy.deepcopy(hf_cache))  # the peer's cache copy is ours' fork(): not decode time
             times["hf_decode"].append(_timed(lambda: hf_decode(peer, hf_cache, token, DECODE_STEPS)) - copy_s)
         best = {k: min(v) for k, v in times.items() if v}
@@ -251,7 +259,9 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
                                                                              element_size)}
         if quantized is not None:
             row.update(int8_decode_tok_s=DECODE_STEPS / best["int8_decode"], int8_logit_drift=int8_stats[0],
-                       int8_top1_agreement=int8_stats[1])
+                       int8_top1_agreement=int8_stats[1],
+                       int8_dynamic_decode_tok_s=DECODE_STEPS / best["int8_dynamic_decode"],
+                       int8_dynamic_logit_drift=dynamic_stats[0], int8_dynamic_top1_agreement=dynamic_stats[1])
         rows.append(row)
         print(f"  {name} T={context}: prefill {row['prefill_tok_s']:,.0f} vs {row['hf_prefill_tok_s']:,.0f} tok/s, "
               f"decode {row['decode_tok_s']:,.1f} vs {row['hf_decode_tok_s']:,.1f} tok/s", flush=True)
@@ -295,12 +305,14 @@ def main() -> None:
               f"{100 * r['decode_tok_s'] / r['decode_limit_beside_tok_s']:.0f}% ({r['bandwidth_beside_decode_gbs']:.0f} GB/s) |")
     int8_rows = [r for r in rows if "int8_decode_tok_s" in r]
     if int8_rows:
-        print("\n| config | T | int8 decode tok/s | vs fp32 (ours) | vs transformers fp32 | int8 logit drift | top-1 agreement |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n| config | T | int8 | decode tok/s | vs fp32 (ours) | vs transformers fp32 | logit drift | top-1 agreement |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in int8_rows:
-            print(f"| {r['config']} | {r['context']} | {r['int8_decode_tok_s']:,.1f} | "
-                  f"{r['int8_decode_tok_s'] / r['decode_tok_s']:.2f}x | {r['int8_decode_tok_s'] / r['hf_decode_tok_s']:.2f}x | "
-                  f"{100 * r['int8_logit_drift']:.2f}% | {100 * r['int8_top1_agreement']:.1f}% |")
+            for label, key in (("weights", "int8"), ("weights + activations", "int8_dynamic")):
+                tok_s = r[f"{key}_decode_tok_s"]
+                print(f"| {r['config']} | {r['context']} | {label} | {tok_s:,.1f} | {tok_s / r['decode_tok_s']:.2f}x | "
+                      f"{tok_s / r['hf_decode_tok_s']:.2f}x | {100 * r[f'{key}_logit_drift']:.2f}% | "
+                      f"{100 * r[f'{key}_top1_agreement']:.1f}% |")
     from unimedvl.model.matvec import MATVEC
 
     choices = MATVEC.choices()
