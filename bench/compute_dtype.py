@@ -27,10 +27,10 @@ from bench_model import matmul_peak_gflops  # bench/ is on the path when a scrip
 from big_model import write_random_checkpoint
 
 from unimedvl.assets import SAMPLES, default_checkpoint
-from unimedvl.checkpoint.folder import cpu_has_bf16_matrix_units
 from unimedvl.config import UnifiedConfig
 from unimedvl.eval.metrics.image import psnr, ssim
 from unimedvl.inference.engine import UniMedVL
+from unimedvl.model.layers import cpu_has_amx
 from unimedvl.model.sampling import GuidanceOptions
 
 PREFILL, DECODE = 1024, 32
@@ -124,7 +124,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*trained to generate.*")
     peaks = {"fp32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 matrix units (AMX): "
-          f"{cpu_has_bf16_matrix_units()}; matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} "
+          f"{cpu_has_amx()}; matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} "
           f"GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x)")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -146,7 +146,7 @@ def main() -> None:
         print(f"| {r['config']} | {r['task']}{unit} | {r['fp32_s']:.3f} | {r['bf16_s']:.3f} | "
               f"{r['fp32_s'] / r['bf16_s']:.2f}x | {cost} |")
     if args.json:
-        args.json.write_text(json.dumps({"peaks_gflops": peaks, "amx": cpu_has_bf16_matrix_units(), "rows": rows},
+        args.json.write_text(json.dumps({"peaks_gflops": peaks, "amx": cpu_has_amx(), "rows": rows},
                                         indent=1))
 
 

@@ -36,15 +36,15 @@ def test_bf16_compute_keeps_bf16_weights_and_refuses_fp32_ones() -> None:
 
 
 def test_auto_takes_bf16_only_with_matrix_units_and_a_model_large_enough(monkeypatch) -> None:
-    monkeypatch.setattr(checkpoint_folder, "cpu_has_bf16_matrix_units", lambda: True)
+    monkeypatch.setattr(checkpoint_folder, "cpu_has_amx", lambda: True)
     assert resolve_compute("auto", None, CPU, BIG) == (torch.bfloat16, torch.bfloat16)
     assert resolve_compute("auto", None, CPU, SMALL) == (torch.float32, torch.float32)
-    monkeypatch.setattr(checkpoint_folder, "cpu_has_bf16_matrix_units", lambda: False)
+    monkeypatch.setattr(checkpoint_folder, "cpu_has_amx", lambda: False)
     assert resolve_compute("auto", None, CPU, BIG) == (torch.float32, torch.float32)
 
 
 def test_bf16_on_a_cpu_without_matrix_units_warns(monkeypatch, caplog) -> None:
-    monkeypatch.setattr(checkpoint_folder, "cpu_has_bf16_matrix_units", lambda: False)
+    monkeypatch.setattr(checkpoint_folder, "cpu_has_amx", lambda: False)
     with caplog.at_level(logging.WARNING):
         resolve_compute("bfloat16", None, CPU, BIG)
     assert "far slower than float32" in caplog.text

@@ -90,11 +90,6 @@ COMPUTE_CHOICES = ("float32", "bfloat16", "auto")
 AUTO_BF16_MIN_HIDDEN = 1024
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU has AMX tiles, where oneDNN runs bf16 matmuls several times faster than fp32."""
-    return cpu_has_amx()
-
-
 def resolve_compute(compute: str | None, dtype: str | torch.dtype | None, device: torch.device,
                     hidden_size: int) -> tuple[torch.dtype, torch.dtype]:
     """(storage dtype, CPU compute dtype) for a load. `compute`: None / "float32" (fp32, the default),
@@ -110,7 +105,7 @@ def resolve_compute(compute: str | None, dtype: str | torch.dtype | None, device
                               "choose it with dtype / --dtype")
         return storage, storage
     if compute == "auto":
-        gains = hidden_size >= AUTO_BF16_MIN_HIDDEN and cpu_has_bf16_matrix_units()
+        gains = hidden_size >= AUTO_BF16_MIN_HIDDEN and cpu_has_amx()
         compute = "bfloat16" if gains else "float32"
     if compute != "bfloat16":
         return resolve_dtype(dtype, device), torch.float32
@@ -118,7 +113,7 @@ def resolve_compute(compute: str | None, dtype: str | torch.dtype | None, device
     if storage != torch.bfloat16:
         raise ConfigError(f"bfloat16 compute keeps bfloat16 weights; {storage} weights would be cast at every call "
                           "(leave dtype / --dtype unset)")
-    if not cpu_has_bf16_matrix_units():
+    if not cpu_has_amx():
         log.warning("this CPU has no bf16 matrix units (AMX): bfloat16 compute will be far slower than float32")
     return storage, torch.bfloat16
 
