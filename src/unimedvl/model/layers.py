@@ -7,6 +7,7 @@ share a dtype (fp32 on CPU, bf16 on GPU) the casts are no-ops and cost nothing.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -74,6 +75,7 @@ def cpu_has_amx() -> bool:
     return bool(probe is not None and probe())
 
 
+@functools.cache
 def _int8_dot_products_saturate() -> bool:
     # Without VNNI, FBGEMM's u8 x s8 pair sums go through int16 and can saturate: 7-bit activations avoid it.
     # Every CPU with AVX-512 bf16 or AMX has VNNI.
@@ -114,9 +116,12 @@ class Int8DynamicLinear(Int8Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:  # not packed yet (still loading): the weight-only path
             return super().forward(x)
+        saturate = _int8_dot_products_saturate()
+        if x.dim() == 2 and x.dtype == torch.float32:  # decoding and blocks: no reshapes, no casts
+            return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, saturate)
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).float().contiguous()
-        out = torch.ops.quantized.linear_dynamic(flat, self._packed, _int8_dot_products_saturate())
+        out = torch.ops.quantized.linear_dynamic(flat, self._packed, saturate)
         return out.view(*shape[:-1], self.out_features).to(x.dtype)
 
 
