@@ -1,10 +1,10 @@
 """The released 14B layout on this machine: understanding-only int8 `ask`, its memory and speed.
 
-    .venv/bin/python bench/big_model.py --dir /path/with/30GB/free [--keep]
+    .venv/bin/python bench/big_model.py --dir /path/with/30GB/free [--quantize int8|int8-dynamic] [--keep]
 
 Writes random weights in the released UniMedVL / BAGEL-7B-MoT layout (14.6 B parameters, bf16, sharded
-safetensors with an index: about 29 GB), then runs `unimedvl ask --int8` on a real chest X-ray in a
-child process and reports: load time, peak resident memory (VmHWM), time to the first answer token,
+safetensors with an index: about 29 GB), then runs `unimedvl ask --int8` (or `--int8-dynamic`, int8
+activations too, on CPU) on a real chest X-ray in a child process and reports: load time, peak resident memory (VmHWM), time to the first answer token,
 decode tokens/s and the decode limit from the measured memory read bandwidth (int8 bytes per token).
 The answers are noise (random weights); what is measured is that the 14B model's understanding path
 runs, and within how much memory. A benchmark, not a test.
@@ -35,7 +35,7 @@ import json, sys, time, torch
 from PIL import Image
 start = time.perf_counter()
 from unimedvl.inference.engine import UniMedVL, TextOptions
-model = UniMedVL.from_pretrained(sys.argv[1], dtype="bfloat16", mode="understanding", quantize="int8")
+model = UniMedVL.from_pretrained(sys.argv[1], dtype="bfloat16", mode="understanding", quantize=sys.argv[4])
 loaded = time.perf_counter()
 def hwm(field="VmHWM"):
     return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
@@ -108,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, required=True, help="where to write the ~29 GB checkpoint")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--quantize", choices=("int8", "int8-dynamic"), default="int8")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint afterwards")
     args = parser.parse_args()
     folder = args.dir / "unimedvl-14b-random"
@@ -117,7 +118,7 @@ def main() -> None:
         print(f"wrote {params / 1e9:.2f} B parameters in {time.perf_counter() - start:.0f} s -> {folder}")
     bandwidth = read_bandwidth_gbs()
     image = SAMPLES / "chest_xray_nih.png"
-    run = subprocess.run([sys.executable, "-c", PROBE, str(folder), str(image), str(args.tokens)],
+    run = subprocess.run([sys.executable, "-c", PROBE, str(folder), str(image), str(args.tokens), args.quantize],
                          capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(run.stderr[-4000:])
@@ -126,6 +127,7 @@ def main() -> None:
     h, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
     int8_bytes = cfg.num_hidden_layers * (2 * h * h + 2 * h * kv + 3 * h * cfg.intermediate_size) + h * cfg.vocab_size
     limit = bandwidth * 1e9 / int8_bytes
+    print(f"\n{args.quantize}, understanding only\n")
     print("| load s | peak RSS | peak while loading | resident after loading | first token s | decode tok/s "
           "| decode limit tok/s (bandwidth) |")
     print("|---|---|---|---|---|---|---|")
@@ -133,7 +135,7 @@ def main() -> None:
           f"| {result['rss_after_load'] / 2**30:.2f} GiB "
           f"| {result['first_token_s']:.1f} | {result['decode_tok_s'] or float('nan'):.2f} | {limit:.2f} "
           f"({bandwidth:.1f} GB/s, {int8_bytes / 1e9:.2f} GB int8 per token) |")
-    print(json.dumps({**result, "bandwidth_gbs": bandwidth, "decode_limit_tok_s": limit}))
+    print(json.dumps({**result, "quantize": args.quantize, "bandwidth_gbs": bandwidth, "decode_limit_tok_s": limit}))
     if not args.keep:
         shutil.rmtree(folder)
 

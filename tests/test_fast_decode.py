@@ -35,8 +35,9 @@ def test_auto_mode_times_each_shape_on_its_first_calls_then_keeps_one_kernel() -
             assert torch.allclose(kernels(x, weight), expected, atol=1e-4, rtol=1e-5)
         assert set(kernels.choices()) == {"1536x1024 float32"}
         assert kernels.choices()["1536x1024 float32"] in {"blas", "compiled"}
-        kernels(x, weight.to(torch.bfloat16))  # another dtype is another shape: measured on its own
-        assert len(kernels.trials) == 1
+        kernels(x, weight.to(torch.bfloat16))  # a narrower weight: the compiled loop, never a widened copy
+        kernels(x, (weight * 10).to(torch.int8), None, torch.ones(1536))
+        assert kernels.trials == {} and len(kernels.choices()) == 1
         # Not measured: several rows, a small matrix, gradients, an explicit mode.
         for args in ((torch.randn(2, 1024), weight), (x, torch.randn(8, 1024))):
             assert torch.equal(kernels(*args), blas_matvec(*args, None, None))
