@@ -104,6 +104,14 @@ def write_random_checkpoint(folder: Path, config: UnifiedConfig | None = None, w
     return total
 
 
+def small_random_checkpoint(work: Path) -> Path:
+    """The small preset with random weights and VAE in the released layout, written once under `work`."""
+    folder = work / "unimedvl-small-random"
+    if not (folder / "ema.safetensors.index.json").is_file():
+        write_random_checkpoint(folder, config=UnifiedConfig.small(), with_vae=True)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, required=True, help="where to write the ~29 GB checkpoint")

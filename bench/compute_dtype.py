@@ -18,60 +18,29 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from bench_model import matmul_peak_gflops  # bench/ is on the path when a script there runs
-from big_model import write_random_checkpoint
+from big_model import small_random_checkpoint
+from lm import DECODE_STEPS, ours_decode, ours_prefill, timed
 
 from unimedvl.assets import SAMPLES, default_checkpoint
-from unimedvl.config import UnifiedConfig
 from unimedvl.eval.metrics.image import psnr, ssim
 from unimedvl.inference.engine import UniMedVL
 from unimedvl.model.layers import cpu_has_amx
 from unimedvl.model.sampling import GuidanceOptions
 
-PREFILL, DECODE = 1024, 32
-
-
-def _timed(fn) -> float:  # noqa: ANN001
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def folder_of(name: str, small_dir: Path) -> Path:
-    if name == "small":
-        folder = small_dir / "unimedvl-small-random"
-        if not (folder / "ema.safetensors.index.json").is_file():
-            write_random_checkpoint(folder, config=UnifiedConfig.small(), with_vae=True)
-        return folder
-    return default_checkpoint()
-
-
-@torch.no_grad()
-def prefill(model: UniMedVL, ids: torch.Tensor):  # noqa: ANN201
-    cache = model.model.new_cache(capacity=ids.numel() + DECODE)
-    hidden = model.model.prefill_text(cache, ids)
-    return model.model.logits(hidden[-1:]).float(), cache
-
-
-@torch.no_grad()
-def decode(model: UniMedVL, cache, token: torch.Tensor) -> None:  # noqa: ANN001
-    fork = cache.fork()
-    fork.reserve(DECODE)
-    for _ in range(DECODE):
-        token = model.model.decode_step(fork, token).argmax(-1)
+PREFILL = 1024
 
 
 def tasks(model: UniMedVL, ids: torch.Tensor, size: int, steps: int) -> dict:
     """name -> (callable, what it returns to compare)."""
-    cache = prefill(model, ids)[1]
+    cache = ours_prefill(model.model, ids)[1]
     return {
-        "prefill": lambda: prefill(model, ids)[0],
-        "decode": lambda: decode(model, cache, ids[-1:]),
+        "prefill": lambda: ours_prefill(model.model, ids)[0].float(),
+        "decode": lambda: ours_decode(model.model, cache, ids[-1:], DECODE_STEPS),
         "ask": lambda: model.ask([SAMPLES / "chest_xray_nih.png"], "Is there pneumonia?", max_new_tokens=8).text,
         "text-to-image": lambda: np.asarray(model.generate(
             "A chest X-ray with pneumonia.", height=size, width=size, seed=0,
@@ -95,7 +64,7 @@ def bench_config(name: str, folder: Path, size: int, steps: int, repeats: int) -
             outputs[c] = runs[c][task]()  # warm-up, and the output compared below
         for _ in range(repeats):  # interleaved: both see the same machine state
             for c in times:
-                times[c].append(_timed(runs[c][task]))
+                times[c].append(timed(runs[c][task]))
         row = {"config": name, "task": task, "fp32_s": min(times["float32"]), "bf16_s": min(times["bfloat16"])}
         a, b = outputs["float32"], outputs["bfloat16"]
         if task == "prefill":
@@ -129,8 +98,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.configs.split(","):
-            rows += bench_config(name, folder_of(name, args.small_dir or Path(scratch)), args.size, args.steps,
-                                 args.repeats)
+            folder = small_random_checkpoint(args.small_dir or Path(scratch)) if name == "small" else default_checkpoint()
+            rows += bench_config(name, folder, args.size, args.steps, args.repeats)
     print("\n| config | task | fp32 s | bf16 s | bf16 speed-up | what bf16 costs |\n|---|---|---|---|---|---|")
     for r in rows:
         if "logits_rel_l2" in r:
@@ -141,7 +110,7 @@ def main() -> None:
             cost = "same answer" if r["same_answer"] else "another answer"
         else:
             cost = "-"
-        unit = f" ({PREFILL} tokens)" if r["task"] == "prefill" else f" ({DECODE} tokens)" if r["task"] == "decode" else (
+        unit = f" ({PREFILL} tokens)" if r["task"] == "prefill" else f" ({DECODE_STEPS} tokens)" if r["task"] == "decode" else (
             f" ({args.size} px, {args.steps} steps)" if r["task"] in ("text-to-image", "editing") else "")
         print(f"| {r['config']} | {r['task']}{unit} | {r['fp32_s']:.3f} | {r['bf16_s']:.3f} | "
               f"{r['fp32_s'] / r['bf16_s']:.2f}x | {cost} |")

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from big_model import write_random_checkpoint  # bench/ is on the path when a script there runs
+from big_model import small_random_checkpoint  # bench/ is on the path when a script there runs
 
 from unimedvl.assets import REFERENCE_TINY, SAMPLES, default_checkpoint
-from unimedvl.config import UnifiedConfig
 from unimedvl.eval.metrics.image import psnr, ssim
 from unimedvl.inference.engine import UniMedVL
 from unimedvl.model.sampling import GuidanceOptions
@@ -37,12 +36,8 @@ from unimedvl.model.sampling import GuidanceOptions
 
 def load(name: str, small_dir: Path, compute: str = "float32") -> UniMedVL:
     dtype = "float32" if compute == "float32" else None
-    if name == "small":
-        folder = small_dir / "unimedvl-small-random"
-        if not (folder / "ema.safetensors.index.json").is_file():
-            write_random_checkpoint(folder, config=UnifiedConfig.small(), with_vae=True)
-        return UniMedVL.from_pretrained(folder, dtype=dtype, compute=compute)
-    folder = {"tiny": REFERENCE_TINY, "unimedvl-tiny": default_checkpoint()}[name]
+    folder = small_random_checkpoint(small_dir) if name == "small" else {
+        "tiny": REFERENCE_TINY, "unimedvl-tiny": default_checkpoint()}[name]
     return UniMedVL.from_pretrained(folder, dtype=dtype, compute=compute)
 
 

@@ -49,7 +49,7 @@ class ReadProbe:
 
     def _best(self, fn, nbytes: int, repeats: int) -> float:  # noqa: ANN001
         fn()
-        return nbytes / min(_timed(fn) for _ in range(repeats)) / 1e9
+        return nbytes / min(timed(fn) for _ in range(repeats)) / 1e9
 
     def dot(self, repeats: int = 3) -> float:
         return self._best(lambda: torch.dot(self.x, self.ones), 8 * self.n, repeats)
@@ -66,7 +66,7 @@ def read_bandwidth_gbs(megabytes: int = 1024, repeats: int = 5) -> float:
     return max(ReadProbe(megabytes).all(repeats).values())
 
 
-def _timed(fn) -> float:  # noqa: ANN001
+def timed(fn) -> float:  # noqa: ANN001
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -230,8 +230,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
         times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "hf_decode": [], "int8_decode": [],
                  "int8_dynamic_decode": []}
         for _ in range(r):  # interleaved, so both see the same machine state
-            times["ours_prefill"].append(_timed(lambda: ours_prefill(model, ids)))
-            times["hf_prefill"].append(_timed(lambda: hf_prefill(peer, ids)))
+            times["ours_prefill"].append(timed(lambda: ours_prefill(model, ids)))
+            times["hf_prefill"].append(timed(lambda: hf_prefill(peer, ids)))
         _, cache = ours_prefill(model, ids)
         _, hf_cache = hf_prefill(peer, ids)
         int8_cache = ours_prefill(quantized, ids)[1] if quantized is not None else None
@@ -240,14 +240,14 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
         beside: list[float] = []
         for _ in range(max(2, r)):
             beside.append(probe.dot())
-            times["ours_decode"].append(_timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
+            times["ours_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
             beside.append(probe.dot())
             if quantized is not None:
-                times["int8_decode"].append(_timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
-                times["int8_dynamic_decode"].append(_timed(lambda: ours_decode(dynamic, dynamic_cache, token,
+                times["int8_decode"].append(timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
+                times["int8_dynamic_decode"].append(timed(lambda: ours_decode(dynamic, dynamic_cache, token,
                                                                                DECODE_STEPS)))
-            copy_s = _timed(lambda: copy.deepcopy(hf_cache))  # the peer's cache copy is ours' fork(): not decode time
-            times["hf_decode"].append(_timed(lambda: hf_decode(peer, hf_cache, token, DECODE_STEPS)) - copy_s)
+            copy_s = timed(lambda: copy.deepcopy(hf_cache))  # the peer's cache copy is ours' fork(): not decode time
+            times["hf_decode"].append(timed(lambda: hf_decode(peer, hf_cache, token, DECODE_STEPS)) - copy_s)
         best = {k: min(v) for k, v in times.items() if v}
         limit = bandwidth * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2, element_size)
         row = {"config": name, "context": context,

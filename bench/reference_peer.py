@@ -36,12 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from big_model import write_random_checkpoint  # bench/ is on the path when a script there runs
+from big_model import small_random_checkpoint  # bench/ is on the path when a script there runs
 from PIL import Image
 
 from unimedvl.assets import REFERENCE_TINY, SAMPLES
 from unimedvl.checkpoint.folder import load_checkpoint
-from unimedvl.config import UnifiedConfig
 from unimedvl.eval.metrics.image import psnr
 from unimedvl.inference.engine import UniMedVL
 from unimedvl.model.sampling import GuidanceOptions
@@ -117,12 +116,7 @@ def main() -> None:
         raise SystemExit(f"--size must be a multiple of 16, got {args.size}")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.config == "small":
-        checkpoint = args.work / "unimedvl-small-random"
-        if not (checkpoint / "ema.safetensors.index.json").is_file():
-            write_random_checkpoint(checkpoint, config=UnifiedConfig.small(), with_vae=True)
-    else:
-        checkpoint = REFERENCE_TINY
+    checkpoint = small_random_checkpoint(args.work) if args.config == "small" else REFERENCE_TINY
     ours = UniMedVL(load_checkpoint(checkpoint, dtype="float32", device="cpu"), image_config=IDENTITY_SIZES)
     ours_bf16 = UniMedVL(load_checkpoint(checkpoint, device="cpu", compute="bfloat16"),
                          image_config=IDENTITY_SIZES) if args.bf16 else None

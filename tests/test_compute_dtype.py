@@ -82,8 +82,3 @@ def test_a_bf16_load_computes_in_bf16_and_stays_close_to_fp32(fixture_dir: Path,
 def test_the_cli_refuses_an_unknown_compute_dtype(capsys, cxr_path: Path) -> None:
     assert main(["ask", str(cxr_path), "-q", "Modality?", "--compute", "fp8"]) == 2
     assert "unknown compute dtype 'fp8'" in capsys.readouterr().err
-
-
-def test_the_cli_refuses_both_int8_modes_at_once(capsys, cxr_path: Path) -> None:
-    assert main(["ask", str(cxr_path), "-q", "Modality?", "--int8", "--int8-dynamic"]) == 2
-    assert "--int8 or --int8-dynamic" in capsys.readouterr().err

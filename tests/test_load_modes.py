@@ -71,6 +71,13 @@ def test_int8_dynamic_packs_the_decoder_for_fbgemm_and_drifts_a_little_more(cxr_
     assert engine.ask([cxr_path], "Is there pneumonia?").text.strip() in ("Yes.", "No.")
 
 
+def test_the_cli_refuses_both_int8_modes_at_once(capsys, cxr_path: Path) -> None:
+    from unimedvl.cli import main
+
+    assert main(["ask", str(cxr_path), "-q", "Modality?", "--int8", "--int8-dynamic"]) == 2
+    assert "--int8 or --int8-dynamic" in capsys.readouterr().err
+
+
 def test_bad_modes_are_named() -> None:
     with pytest.raises(ConfigError, match="mode must be one of"):
         load_checkpoint(SHIPPED, mode="fast")  # type: ignore[arg-type]

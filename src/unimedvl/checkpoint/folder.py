@@ -200,7 +200,8 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
     skipped = GENERATION_ONLY if mode == "understanding" else ()
     released = replace(keymaps.RELEASED, name=", ".join(f.name for f in files), skipped=skipped)
     reports = [load_weights(model, files, released, dtype=dtype, device=device, strict=strict)]
-    pack_int8_dynamic(model)  # weights and biases are in: hand them to FBGEMM
+    if quantize == "int8-dynamic":
+        pack_int8_dynamic(model)  # weights and biases are in: hand them to FBGEMM
     model.eval().requires_grad_(False)
     model.cpu_compute_dtype = compute_dtype
     vae = None

@@ -8,7 +8,7 @@ BLAS ran every decoder shape 1.4-1.7x faster than the compiled loop. So each wei
 timed where it is used: its first calls alternate between the two kernels on the real weights (every
 call returns the right result), and the faster one serves the rest of the process. A weight stored
 narrower than the computation (bf16 or int8 under fp32) always takes the compiled loop: BLAS would first
-widen the whole matrix into a temporary (the 14B lm_head: 2.2 GB, which raised that run's peak memory by 1.2 GiB).
+widen the whole matrix into a temporary (the 14B lm_head: 2.2 GB, which raised that run's peak memory by 1.29 GiB).
 
 `UNIMEDVL_FAST_DECODE`: `auto` (default) measures; `1` always uses the compiled loop; `0` never does.
 """
@@ -88,9 +88,10 @@ class MatvecKernels:
                  scale: torch.Tensor | None = None) -> torch.Tensor:
         if self.unavailable or not self.applies(x, weight):
             return blas_matvec(x, weight, bias, scale)
+        if self.mode == "1" or weight.dtype != x.dtype:  # narrower: BLAS would need a widened copy of the matrix
+            return self._compiled(x, weight, bias, scale)
         key: Key = (weight.shape[0], weight.shape[1], weight.dtype, bias is None, scale is None)
-        narrower = weight.dtype != x.dtype  # BLAS would need a widened copy of the whole matrix
-        kernel = "compiled" if self.mode == "1" or narrower else self.choice.get(key)
+        kernel = self.choice.get(key)
         if kernel == "blas":
             return blas_matvec(x, weight, bias, scale)
         if kernel == "compiled":
