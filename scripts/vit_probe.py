@@ -1,64 +1,66 @@
 """Local experiment: can a ViT of UniMedVL-tiny's size (3 layers, hidden 128, patch 14), trained alone from scratch
 with a linear head, tell the classes apart at the side the model reads (56 px) and at twice it (112 px)?
 
-    .venv/bin/python scripts/vit_probe.py [cxr] [breast] [quick]
+    .venv/bin/python scripts/vit_probe.py [--sets breast,cxr --kermany DIR] [--sides 56,112]
 
-Training images: the Kermany 224 px set without the patients of the bundled cxr-pneumonia set, and BreastMNIST's
-train split (both from ../shared/data); held out: the bundled cxr-pneumonia and breast-ultrasound images. Classes
-drawn equally often, 800 AdamW steps of 32 images, two seeds; `quick` runs 56 px only. Not a test: it needs the
-shared data folder. It separates what the vision encoder can learn from what the whole curriculum makes of it."""
+Training images: BreastMNIST's train split (bundled with the package) and, for `cxr`, the Kermany 224 px
+training folder given by --kermany (NORMAL/, PNEUMONIA/; not bundled) without the patients of the bundled
+cxr-pneumonia set (the corpus recipe's held-out list and group pattern). Held out: the bundled cxr-pneumonia
+and breast-ultrasound images. Classes drawn equally often, 800 AdamW steps of 32 images, two seeds. It
+separates what the vision encoder can learn from what the whole curriculum makes of it; not a test.
+"""
 
-import json
+import argparse
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
+from unimedvl.assets import ASSETS, EVAL_SETS
 from unimedvl.config import ViTConfig
+from unimedvl.eval.benchmarks import bundled
 from unimedvl.model.packing import grid_position_ids, patchify
 from unimedvl.model.siglip_navit import SiglipNaViT
 
-ROOT = Path(__file__).resolve().parents[1]
-SH = ROOT.parent / "shared" / "data"
-EV = ROOT / "src/unimedvl/assets/eval_sets"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "unimedvl-tiny"
 
 
-def load(p):
-    return Image.open(p).convert("L")
+def load(path):
+    return Image.open(path).convert("L")
 
 
-def evalset(name, pos):
-    items = [json.loads(line) for line in open(EV / name / "items.jsonl")]
-    seen, out = set(), []
-    for it in items:
-        if it["image"] in seen:
-            continue
-        seen.add(it["image"])
-        out.append((load(EV / name / it["image"]), int(it["groups"]["label"] == pos)))
-    return out
+def evalset(name, positive):
+    """(image, 1 if its label is `positive`) for each distinct image of a bundled held-out set."""
+    images = {}
+    for item in bundled.load(EVAL_SETS / name):
+        images.setdefault(item.image, int(item.groups["label"] == positive))
+    return [(load(path), label) for path, label in images.items()]
 
 
-def cxr_train():
-    held = set(line.strip() for line in open(ROOT / "recipes/unimedvl-tiny/held-out-kermany.txt") if line.strip())
-    pat = re.compile(r"^((?:NORMAL2-)?IM-\d+|person\d+)")
-    held_groups = {pat.match(h).group(1) for h in held if pat.match(h)}
+def cxr_train(folder: Path):
+    """The Kermany folder without the held-out patients, grouped by the corpus recipe's own pattern."""
+    source = next(s for s in yaml.safe_load((RECIPE / "corpus.yaml").read_text())["sources"]
+                  if isinstance(s, dict) and s["name"] == "kermany-cxr-224")
+    pattern = re.compile(source["options"]["group_pattern"])
+    held = {line.strip() for line in (RECIPE / source["options"]["exclude_patients_of"]).read_text().splitlines()
+            if line.strip()}
+    held_groups = {m.group(1) for m in map(pattern.match, held) if m}
     out = []
     for cls, y in (("NORMAL", 0), ("PNEUMONIA", 1)):
-        for p in sorted((SH / "cxr-pneumonia-kermany-224-train" / cls).iterdir()):
-            g = pat.match(p.stem)
-            if p.name in held or (g and g.group(1) in held_groups):
-                continue
-            out.append((load(p), y))
+        for path in sorted((folder / cls).iterdir()):
+            match = pattern.match(path.stem)
+            if path.name not in held and not (match and match.group(1) in held_groups):
+                out.append((load(path), y))
     return out
 
 
 def breast_train():
-    d = np.load(SH / "medmnist/breastmnist_no_test.npz")
+    d = np.load(ASSETS / "sample_data" / "medmnist" / "breastmnist_no_test.npz")
     return [(Image.fromarray(im), int(label == 0)) for im, label in zip(d["train_images"], d["train_labels"].ravel())]
 
 
@@ -100,20 +102,28 @@ def run(train, test, side, steps=800, batch=32):
     return acc, per, time.time() - t
 
 
-sets = {
-    "cxr": (cxr_train(), evalset("cxr-pneumonia", "pneumonia")),
-    "breast": (breast_train(), evalset("breast-ultrasound", "malignant")),
-}
-sets = {k: v for k, v in sets.items() if k in sys.argv[1:] or len(sys.argv) == 1}
-for name, (tr, te) in sets.items():
-    maj = max(sum(y for _, y in te), len(te) - sum(y for _, y in te)) / len(te)
-    for side in (56,) if "quick" in sys.argv else (56, 112):
-        for seed in (0, 1):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            acc, per, sec = run(tr, te, side)
-            print(
-                f"{name} train {len(tr)} test {len(te)} (majority {maj:.3f}) side {side} seed {seed}: "
-                f"acc {acc:.3f} per class {per[0]:.2f}/{per[1]:.2f} ({sec:.0f} s)",
-                flush=True,
-            )
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", default="breast", help="comma-separated: breast, cxr")
+    parser.add_argument("--kermany", type=Path, help="the Kermany 224 px training folder (needed for cxr)")
+    parser.add_argument("--sides", default="56,112")
+    args = parser.parse_args()
+    names = args.sets.split(",")
+    if "cxr" in names and not (args.kermany and (args.kermany / "NORMAL").is_dir()):
+        parser.error("--sets cxr needs --kermany DIR holding NORMAL/ and PNEUMONIA/")
+    loaders = {"cxr": lambda: (cxr_train(args.kermany), evalset("cxr-pneumonia", "pneumonia")),
+               "breast": lambda: (breast_train(), evalset("breast-ultrasound", "malignant"))}
+    for name in names:
+        tr, te = loaders[name]()
+        maj = max(sum(y for _, y in te), len(te) - sum(y for _, y in te)) / len(te)
+        for side in (int(v) for v in args.sides.split(",")):
+            for seed in (0, 1):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                acc, per, sec = run(tr, te, side)
+                print(f"{name} train {len(tr)} test {len(te)} (majority {maj:.3f}) side {side} seed {seed}: "
+                      f"acc {acc:.3f} per class {per[0]:.2f}/{per[1]:.2f} ({sec:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
