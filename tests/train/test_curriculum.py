@@ -69,7 +69,7 @@ def test_two_runs_are_identical_resume_and_check(tmp_path: Path) -> None:
     assert shipped.returncode == 1 and "ema.safetensors: DIFFERS" in shipped.stdout
     # A run killed during stage 3: steps.json lacks it; the rerun redoes stage 3 only and gets the same files.
     steps = json.loads((tmp_path / "a" / "steps.json").read_text())
-    assert list(steps) == ["corpus", "tokenizer", "vae", "instruction-corpus", "stage1-foundation",
+    assert list(steps) == ["corpus", "tokenizer", "vae", "instruction-corpus", "vit-warmup", "stage1-foundation",
                            "stage2-instruction", "stage3-unified", "model"]
     for name in ("stage3-unified", "model"):
         del steps[name]

@@ -43,7 +43,7 @@ def _check_number(obj: Any, name: str, *, low: float | None = None, high: float 
         raise ConfigError(f"{where} must be {' and '.join(b for b in bounds if b)}, got {value!r}")
 
 
-_SECTION = {"DataConfig": "data.", "OptimConfig": "optim.", "TrainConfig": ""}
+_SECTION = {"DataConfig": "data.", "OptimConfig": "optim.", "TrainConfig": "", "VitWarmup": "vit_warmup."}
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,9 @@ class OptimConfig:
     min_lr: float = 1e-7
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # The vision encoder's learning rate as a fraction of `lr`: below 1 it keeps most of what a warm start
+    # (a curriculum's vit_warmup) taught it while the connector and the language model learn to read it.
+    vit_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_number(self, "lr", above=0.0)
@@ -150,8 +153,37 @@ class OptimConfig:
         _check_number(self, "warmup_steps", low=0, integer=True)
         _check_number(self, "grad_clip", above=0.0)
         _check_number(self, "ema_decay", low=0.0, below=1.0)
+        _check_number(self, "vit_lr_scale", low=0.0)
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+
+
+@dataclass(frozen=True)
+class VitWarmup:
+    """A curriculum's optional `vit_warmup` step (train/vit_warmup.py): the ViT learns the corpus labels first."""
+
+    steps: int = 1500
+    batch: int = 32
+    lr: float = 1.0e-3
+    weight_decay: float = 0.01
+    side: int = 56  # the side the stages read images at (their vit_max)
+    augment: float = 0.5  # probability of the stages' reading augmentation
+    keep_side: int = 128  # decoded images are cached at this short side
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "side", "keep_side"):
+            _check_number(self, name, low=1, integer=True)
+        _check_number(self, "lr", above=0.0)
+        _check_number(self, "weight_decay", low=0.0)
+        _check_number(self, "augment", low=0.0, high=1.0)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "VitWarmup":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(map(str, set(values) - names))
+        if unknown:
+            raise ConfigError(f"vit_warmup: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**values)
 
 
 @dataclass(frozen=True)

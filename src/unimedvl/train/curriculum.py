@@ -11,6 +11,7 @@ The curriculum YAML (`kind: curriculum`) names every step; paths in it are relat
           source_balance: 0.0}
     model: {llm: {...LLMConfig fields}, vit: {...ViTConfig fields}}
     instruction_corpus: {teacher: labels, fraction: 0.25}   # label-made chain-of-thought and captions
+    vit_warmup: {steps: 1500, batch: 32, lr: 1.0e-3}        # optional: the ViT first learns the corpus labels
     stages:                                  # stage recipes; `corpus: instruction` trains on the one above
       - {recipe: stage1-foundation.yaml, corpus: corpus}
       - {recipe: stage2-instruction.yaml, corpus: instruction}
@@ -37,6 +38,7 @@ from typing import Any, Callable
 
 from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
 from unimedvl.errors import ConfigError
+from unimedvl.train.config import VitWarmup
 from unimedvl.utils.files import atomic_write_text, read_yaml_mapping
 
 MODEL_FILES = ("ema.safetensors", "ae.safetensors", "llm_config.json", "vit_config.json", "vae_config.json",
@@ -63,13 +65,14 @@ class Curriculum:
     vit: dict[str, Any]
     stages: tuple[StageStep, ...]
     instruction: dict[str, Any] = field(default_factory=dict)
+    vit_warmup: VitWarmup | None = None
     source: Path = Path("curriculum.yaml")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Curriculum":
         path = Path(path)
         data = read_yaml_mapping(path, "curriculum")
-        known = {"kind", "name", "corpus", "tokenizer", "vae", "model", "instruction_corpus", "stages"}
+        known = {"kind", "name", "corpus", "tokenizer", "vae", "model", "instruction_corpus", "vit_warmup", "stages"}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"{path.name}: unknown key(s) {', '.join(unknown)}")
@@ -91,9 +94,13 @@ class Curriculum:
         if not stages:
             raise ConfigError(f"{path.name}: no stages listed")
         model = data["model"] or {}
+        warmup = data.get("vit_warmup")
+        if warmup is not None and not isinstance(warmup, dict):
+            raise ConfigError(f"{path.name}: vit_warmup must be a mapping of settings, got {warmup!r}")
         curriculum = cls(corpus=path.parent / data["corpus"], vocab_size=int(data["tokenizer"]["vocab_size"]),
                          vae=dict(data["vae"]), llm=dict(model.get("llm") or {}), vit=dict(model.get("vit") or {}),
-                         stages=tuple(stages), instruction=dict(data.get("instruction_corpus") or {}), source=path)
+                         stages=tuple(stages), instruction=dict(data.get("instruction_corpus") or {}),
+                         vit_warmup=None if warmup is None else VitWarmup.from_dict(warmup), source=path)
         curriculum.vae_config()  # refuse bad architecture fields now, not after the corpus is built
         curriculum.model_config(curriculum.vae_config())
         return curriculum
@@ -186,6 +193,16 @@ def run_curriculum(path: str | Path, out: str | Path, *, scale: float = 1.0,
             raise ConfigError(f"instruction_corpus.teacher: only 'labels' runs offline in a recipe, got {teacher!r}")
         step("instruction-corpus", lambda: _fresh(instruction, lambda: transform_corpus(
             corpus, instruction, LabelTeacher(), fraction=float(curriculum.instruction.get("fraction", 0.25)))))
+    warm_vit: Path | None = None
+    if curriculum.vit_warmup is not None:
+        from unimedvl.train.vit_warmup import WEIGHTS, train_vit_warmup
+
+        warm_vit = out / "vit-warmup"
+        settings = dataclasses.replace(curriculum.vit_warmup,
+                                       steps=max(10, int(curriculum.vit_warmup.steps * scale)))
+        vit_config = curriculum.model_config(curriculum.vae_config()).vit
+        step("vit-warmup", lambda: train_vit_warmup(corpus, warm_vit, vit_config, settings, seed=recipes[0].seed,
+                                                    log=say))
     previous: Path | None = None
     for stage, recipe in zip(curriculum.stages, recipes):
         export = out / stage.name / "export"
@@ -194,7 +211,8 @@ def run_curriculum(path: str | Path, out: str | Path, *, scale: float = 1.0,
             raw = recipe.to_dict()
             raw["model"] = ({"checkpoint": str(previous)} if previous else
                             {"preset": None, "config_dir": str(base), "tokenizer": str(base),
-                             "vae": str(base / "ae.safetensors")})
+                             "vae": str(base / "ae.safetensors"),
+                             **({"vit": str(warm_vit / WEIGHTS)} if warm_vit else {})})
             raw["data"]["corpus"] = str(corpus if stage.corpus == "corpus" else instruction)
             raw["output_dir"] = str(out / stage.name)
             raw["total_steps"] = max(2, int(recipe.total_steps * scale))

@@ -52,9 +52,11 @@ def _single_process_ok() -> Iterator[None]:
         yield
 
 
-def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, *, sharded: bool) -> torch.optim.AdamW:
+def build_optimizer(params: list[torch.nn.Parameter] | list[dict[str, Any]], optim: OptimConfig, *,
+                    sharded: bool) -> torch.optim.AdamW:
     """AdamW as a run uses it: the fused kernel for unsharded parameters (one pass per tensor; the small
-    preset's step 2.69 -> 0.52 s on CPU in bench/train.py), the multi-tensor path for FSDP's DTensors."""
+    preset's step 2.69 -> 0.52 s on CPU in bench/train.py), the multi-tensor path for FSDP's DTensors.
+    `params` may be parameter groups; a group's `lr_scale` multiplies the scheduled learning rate."""
     kernel = {"foreach": True} if sharded else {"fused": True}
     return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
                              weight_decay=optim.weight_decay, **kernel)
@@ -82,7 +84,7 @@ class Trainer:
         if self.distributed:
             shard(self.model, self.device.type, self.world)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.optimizer = build_optimizer([p for _, p in self.trainable], config.optim, sharded=self.distributed)
+        self.optimizer = build_optimizer(self._param_groups(), config.optim, sharded=self.distributed)
         self.ema = {n: p.detach().clone().float() for n, p in self.trainable}
         self.index = CorpusIndex(config.data.corpus, config.data.split)
         self.packs = PackMaker(self.index, self.tokenizer, config.data, self.model_config, seed=config.seed)
@@ -101,6 +103,15 @@ class Trainer:
                     p.requires_grad_(False)
             self.model.vit_model.requires_grad_(False)
             self.model.connector.requires_grad_(False)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """One group, or two when the recipe scales the vision encoder's learning rate."""
+        scale = self.config.optim.vit_lr_scale
+        if scale == 1.0:
+            return [{"params": [p for _, p in self.trainable], "lr_scale": 1.0}]
+        vit = [p for n, p in self.trainable if n.startswith("vit_model.")]
+        rest = [p for n, p in self.trainable if not n.startswith("vit_model.")]
+        return [g for g in ({"params": rest, "lr_scale": 1.0}, {"params": vit, "lr_scale": scale}) if g["params"]]
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -202,7 +213,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], c.optim.grad_clip)
         factor = lr_factor(self.step, c.optim.warmup_steps, c.total_steps, c.optim.schedule, c.optim.min_lr / c.optim.lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = c.optim.lr * factor
+            group["lr"] = c.optim.lr * factor * group.get("lr_scale", 1.0)
         self.optimizer.step()
         # Gradient buffers are kept and zeroed, not freed: reallocating ~a model's worth of memory each
         # step cost page faults (bench/train.py: AdamW step 2.1 -> 1.0 s on the small preset).
