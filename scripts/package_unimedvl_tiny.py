@@ -52,7 +52,9 @@ It exists so that every command runs on a laptop; it is **not** a clinical tool 
 medically meaningful beyond the simple questions and prompts it was trained on.
 
 - LLM: 4 MoT layers, hidden 192, 4 heads / 2 KV heads, MLP 512, vocabulary 2,048 BPE + 16 specials
-  (tokenizer trained on the corpus text); ViT: 3 layers, hidden 128, patch 14, images read at 56 px;
+  (tokenizer trained on the corpus text); ViT: 3 layers, hidden 128, patch 14, images read at 56 px,
+  first trained alone on the corpus labels (`vit_warmup`: 31 source / class labels, 4,000 steps of 32
+  images), then by the stages at a quarter of their learning rate (`optim.vit_lr_scale`);
   VAE: FLUX layout, ch 32 x [1, 1, 2, 2], 1,500 steps on batches of 16 corpus images (every source
   equally often). Generation trained at 64 and 128 px (`image_config.json` lists them; other sizes
   warn); think mode trained (`capabilities.json`).
