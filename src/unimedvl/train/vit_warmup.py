@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from unimedvl.config import ViTConfig
 from unimedvl.data.storage import iter_samples
@@ -40,7 +40,7 @@ from unimedvl.imaging.pixels import load_image, to_tensor
 from unimedvl.model.packing import grid_position_ids, patchify
 from unimedvl.model.siglip_navit import SiglipNaViT
 from unimedvl.train.config import VitWarmup
-from unimedvl.utils.files import atomic_write_text
+from unimedvl.utils.files import atomic_write_bytes, atomic_write_text
 
 WEIGHTS = "model.safetensors"
 HEAD = "head.safetensors"
@@ -110,6 +110,7 @@ def train_vit_warmup(corpus: str | Path, out: str | Path, config: ViTConfig, set
         raise ConfigError(f"{corpus}: the ViT warm start needs at least two classes of images, found {len(classes)}")
     class_index = {key: k for k, key in enumerate(classes)}
     sources = list(images)
+    labels = {source: list(by_label) for source, by_label in images.items()}  # sorted by labelled_images
     torch.manual_seed(seed)
     vit = init_vit(config, seed).train()
     head = torch.nn.Linear(config.hidden_size, len(classes))
@@ -127,7 +128,7 @@ def train_vit_warmup(corpus: str | Path, out: str | Path, config: ViTConfig, set
         batch, targets = [], []
         for _ in range(settings.batch):
             source = sources[rng.randrange(len(sources))]
-            label = sorted(images[source])[rng.randrange(len(images[source]))]
+            label = labels[source][rng.randrange(len(labels[source]))]
             pool = images[source][label]
             pick = rng.randrange(len(pool))
             batch.append(patchify(reader((source, label, pick), pool[pick], rng), config.patch_size))
@@ -136,7 +137,9 @@ def train_vit_warmup(corpus: str | Path, out: str | Path, config: ViTConfig, set
         logits = head(features.view(len(batch), tokens, -1).mean(1))
         target = torch.tensor(targets)
         loss = torch.nn.functional.cross_entropy(logits, target)
-        for group in optimizer.param_groups:  # cosine to a tenth, as the stages decay
+        for group in optimizer.param_groups:
+            # cosine to a tenth; kept as written (schedule.cosine_factor differs by an ulp at some steps, and the
+            # shipped model was trained with this form)
             group["lr"] = settings.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / settings.steps)))
         optimizer.zero_grad()
         loss.backward()
@@ -150,13 +153,9 @@ def train_vit_warmup(corpus: str | Path, out: str | Path, config: ViTConfig, set
                 f"({time.perf_counter() - started:.0f} s)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in vit.state_dict().items()}
-    partial = out / (WEIGHTS + ".partial")
-    save_file(state, str(partial), metadata={"format": "pt"})
-    partial.replace(out / WEIGHTS)
-    head_partial = out / (HEAD + ".partial")  # the classifier, for probing the encoder (not loaded by the stages)
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(head_partial))
-    head_partial.replace(out / HEAD)
+    for name, module in ((WEIGHTS, vit), (HEAD, head)):  # the head only probes the encoder; stages do not load it
+        tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        atomic_write_bytes(out / name, save(tensors, metadata={"format": "pt"}))
     report = {"classes": [f"{s}/{lab}" for s, lab in classes], "steps": settings.steps,
               "settings": dataclasses.asdict(settings), "seed": seed,
               "final_loss": round(sum(recent_loss) / len(recent_loss), 4),
