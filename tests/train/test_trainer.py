@@ -226,3 +226,28 @@ def test_a_damaged_newest_checkpoint_and_a_torn_log_line_fall_back(tmp_path: Pat
 
     with pytest.raises(CheckpointError, match="checkpoints in .* can be read"):
         Trainer(config).fit()
+
+
+def test_pack_workers_change_nothing_but_where_packs_are_made(tmp_path: Path, train_corpus: Path) -> None:
+    """data.workers: 1 makes the coming steps' packs in a worker process; the run is the same as with 0."""
+    runs = {}
+    for workers in (0, 1):
+        recipe = write_recipe(tmp_path / f"w{workers}", train_corpus, total_steps=4, **{"data.workers": workers})
+        trainer = Trainer(TrainConfig.from_yaml(recipe))
+        try:
+            runs[workers] = []
+            for step in range(3):  # as fit() runs them
+                trainer.step = step
+                runs[workers].append(trainer.train_step())
+            # a jump (as a resume makes) restarts the stream at the asked step
+            assert [p.sample_ids for p in trainer.stream.packs(1)] == [
+                trainer.packs.make(1, i).sample_ids for i in range(4)]
+            weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        finally:
+            trainer.close()
+        runs[workers].append(weights)
+    for a, b in zip(runs[0][:3], runs[1][:3]):
+        assert a == b
+    assert all(torch.equal(runs[0][3][n], runs[1][3][n]) for n in runs[0][3])
+    with pytest.raises(ConfigError, match="data.workers must be >= 0"):
+        TrainConfig.from_yaml(write_recipe(tmp_path / "bad", train_corpus), ["data.workers=-1"])

@@ -78,10 +78,15 @@ class DataConfig:
     # images keep their size relative to it, so a x2 super-resolution input is drawn at half of it).
     # Empty: every VAE image by the vae_min / vae_max rule.
     vae_sizes: tuple[int, ...] = ()
+    # Processes that make the coming steps' packs while the current step trains (`train/prefetch.py`);
+    # 0 makes them in the training process. The packs, and so the run, are the same either way. Off by
+    # default: on 2 cores the model's threads already fill the machine (bench/curriculum_step.py: 1.02x).
+    workers: int = 0
 
     def __post_init__(self) -> None:
         for name in ("tokens_per_pack", "max_tokens_per_sample", "packs_per_step"):
             _check_number(self, name, low=1, integer=True)
+        _check_number(self, "workers", low=0, integer=True)
         for name in ("text_dropout", "vit_dropout", "vae_dropout"):
             _check_number(self, name, low=0.0, high=1.0)
         object.__setattr__(self, "vae_sizes", tuple(self.vae_sizes))

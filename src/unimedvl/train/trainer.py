@@ -38,6 +38,7 @@ from unimedvl.train.fsdp import install_unused_weight_anchors, shard
 from unimedvl.train.init import build_for_training
 from unimedvl.train.objective import pack_losses
 from unimedvl.train.packer import CorpusIndex, PackMaker
+from unimedvl.train.prefetch import PackStream
 from unimedvl.train.schedule import lr_factor
 from unimedvl.utils.files import atomic_write_text
 
@@ -88,6 +89,8 @@ class Trainer:
         self.ema = {n: p.detach().clone().float() for n, p in self.trainable}
         self.index = CorpusIndex(config.data.corpus, config.data.split)
         self.packs = PackMaker(self.index, self.tokenizer, config.data, self.model_config, seed=config.seed)
+        self.stream = PackStream(self.packs, tuple(range(self.rank, config.data.packs_per_step, self.world)),
+                                 workers=config.data.workers, last_step=config.total_steps)
         self.out = Path(config.output_dir)
         self.step = 0
 
@@ -193,7 +196,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         c = self.config
-        mine = [self.packs.make(self.step, i) for i in range(self.rank, c.data.packs_per_step, self.world)]
+        mine = self.stream.packs(self.step)
         ce_count, mse_count, tokens = self._all_reduce([sum(p.num_ce_tokens for p in mine),
                                                         sum(p.num_mse_tokens for p in mine),
                                                         sum(p.num_tokens for p in mine)])
@@ -319,5 +322,6 @@ class Trainer:
         return folder
 
     def close(self) -> None:
+        self.stream.close()
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
