@@ -15,6 +15,7 @@ alone on the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,22 +24,24 @@ import torch
 
 import unimedvl.train.objective as objective
 from unimedvl.train.config import TrainConfig
+from unimedvl.train.curriculum import Curriculum, stage_config
 from unimedvl.train.trainer import Trainer
 from unimedvl.utils.files import atomic_write_text
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "unimedvl-tiny"
+CURRICULUM = Path(__file__).resolve().parents[1] / "recipes" / "unimedvl-tiny" / "curriculum.yaml"
 
 
-def trainer_for(run: Path, stage: str, workers: int, out: Path) -> Trainer:
-    raw = TrainConfig.from_yaml(RECIPES / f"{stage}.yaml").to_dict()
-    base = run / "base"
-    raw["model"] = {"preset": None, "config_dir": str(base), "tokenizer": str(base), "vae": str(base / "ae.safetensors"),
-                    **({"vit": str(run / "vit-warmup" / "model.safetensors")} if (run / "vit-warmup").is_dir() else {})}
-    raw["data"]["corpus"] = str(run / "corpus" if stage == "stage1-foundation" else run / "corpus-instruction")
-    raw["data"]["workers"] = workers
-    raw["output_dir"] = str(out / f"workers-{workers}")
-    raw["total_steps"], raw["save_every"] = 10_000, 10_000
-    return Trainer(TrainConfig.from_dict(raw, stage))
+def trainer_for(run: Path, stage_name: str, workers: int, out: Path) -> Trainer:
+    """The stage as the curriculum trains it in `run` (first stages from its base files and warm ViT),
+    with `data.workers` set and its own output folder."""
+    curriculum = Curriculum.from_yaml(CURRICULUM)
+    stage = next((s for s in curriculum.stages if s.name == stage_name), None)
+    if stage is None:
+        raise SystemExit(f"{CURRICULUM.name} has no stage {stage_name!r}; its stages: {[s.name for s in curriculum.stages]}")
+    config = stage_config(run, stage, TrainConfig.from_yaml(stage.recipe), warm_vit=curriculum.vit_warmup is not None)
+    data = dataclasses.replace(config.data, workers=workers)
+    return Trainer(dataclasses.replace(config, data=data, output_dir=str(out / f"workers-{workers}"),
+                                       total_steps=10_000, save_every=10_000))
 
 
 def breakdown(trainer: Trainer, steps: int) -> dict[str, float]:

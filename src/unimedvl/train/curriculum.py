@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
 from unimedvl.errors import ConfigError
-from unimedvl.train.config import VitWarmup
+from unimedvl.train.config import TrainConfig, VitWarmup
 from unimedvl.utils.files import atomic_write_text, read_yaml_mapping
 
 MODEL_FILES = ("ema.safetensors", "ae.safetensors", "llm_config.json", "vit_config.json", "vae_config.json",
@@ -150,7 +150,6 @@ def run_curriculum(path: str | Path, out: str | Path, *, scale: float = 1.0,
 
     from unimedvl.data.distillation import LabelTeacher, transform_corpus
     from unimedvl.data.pipeline import BuildConfig, build_corpus
-    from unimedvl.train.config import TrainConfig
     from unimedvl.train.tokenizer_training import corpus_texts, train_tokenizer
     from unimedvl.train.trainer import Trainer
     from unimedvl.train.vae_training import corpus_images, train_vae
@@ -195,7 +194,7 @@ def run_curriculum(path: str | Path, out: str | Path, *, scale: float = 1.0,
             corpus, instruction, LabelTeacher(), fraction=float(curriculum.instruction.get("fraction", 0.25)))))
     warm_vit: Path | None = None
     if curriculum.vit_warmup is not None:
-        from unimedvl.train.vit_warmup import WEIGHTS, train_vit_warmup
+        from unimedvl.train.vit_warmup import train_vit_warmup
 
         warm_vit = out / "vit-warmup"
         settings = dataclasses.replace(curriculum.vit_warmup,
@@ -208,16 +207,7 @@ def run_curriculum(path: str | Path, out: str | Path, *, scale: float = 1.0,
         export = out / stage.name / "export"
 
         def train_stage(stage: StageStep = stage, recipe: TrainConfig = recipe, previous: Path | None = previous) -> None:
-            raw = recipe.to_dict()
-            raw["model"] = ({"checkpoint": str(previous)} if previous else
-                            {"preset": None, "config_dir": str(base), "tokenizer": str(base),
-                             "vae": str(base / "ae.safetensors"),
-                             **({"vit": str(warm_vit / WEIGHTS)} if warm_vit else {})})
-            raw["data"]["corpus"] = str(corpus if stage.corpus == "corpus" else instruction)
-            raw["output_dir"] = str(out / stage.name)
-            raw["total_steps"] = max(2, int(recipe.total_steps * scale))
-            raw["save_every"] = max(1, min(recipe.save_every, raw["total_steps"]))
-            config = TrainConfig.from_dict(raw, stage.recipe.name)
+            config = stage_config(out, stage, recipe, previous=previous, warm_vit=warm_vit is not None, scale=scale)
             say(f"{stage.name}: {config.total_steps} steps")
             trainer = Trainer(config)
             try:
@@ -241,6 +231,25 @@ def run_curriculum(path: str | Path, out: str | Path, *, scale: float = 1.0,
 
     step("model", final)
     return out / "model"
+
+
+def stage_config(out: Path, stage: StageStep, recipe: TrainConfig, *, previous: Path | None = None,
+                 warm_vit: bool = False, scale: float = 1.0) -> TrainConfig:
+    """A stage recipe as a curriculum run in `out` trains it: on `out`'s corpus (or its instruction corpus),
+    from the previous stage's export or, for the first stage, from `out/base` (and `out/vit-warmup`'s ViT
+    when the curriculum has that step); its step counts multiplied by `scale`."""
+    from unimedvl.train.vit_warmup import WEIGHTS
+
+    base = out / "base"
+    raw = recipe.to_dict()
+    raw["model"] = ({"checkpoint": str(previous)} if previous else
+                    {"preset": None, "config_dir": str(base), "tokenizer": str(base), "vae": str(base / "ae.safetensors"),
+                     **({"vit": str(out / "vit-warmup" / WEIGHTS)} if warm_vit else {})})
+    raw["data"]["corpus"] = str(out / ("corpus" if stage.corpus == "corpus" else "corpus-instruction"))
+    raw["output_dir"] = str(out / stage.name)
+    raw["total_steps"] = max(2, int(recipe.total_steps * scale))
+    raw["save_every"] = max(1, min(recipe.save_every, raw["total_steps"]))
+    return TrainConfig.from_dict(raw, stage.recipe.name)
 
 
 def _fresh(folder: Path, work: Callable[[], Any]) -> None:

@@ -2,11 +2,11 @@
 
 Making a step's packs (decoding PNGs, resizing, augmenting, tokenizing) is plain single-threaded Python
 and PIL work: on UniMedVL-tiny it was a third of a CPU step (120 of 338 ms). `data.workers: 1` hands it to
-a `torch.utils.data.DataLoader` worker that makes step s+1 (and s+2) while step s runs. That pays where
+a `torch.utils.data.DataLoader` worker that makes step s+1 (and s+2) while step s runs; 0 makes them in
+the training process, one step at a time. A pack is a pure function of (seed, step, pack index)
+(`packer.PackMaker`), so a run's losses and weights do not depend on the setting (tested). It pays where
 cores are to spare (a GPU host); on a 2-core CPU the model's two threads already fill the machine and
-`bench/curriculum_step.py` measured 1.02x, so the default is 0. The packs are the same either way, since a pack is a pure function of (seed, step,
-pack index) (`packer.PackMaker`), so a run's losses and weights do not depend on the setting (tested).
-`data.workers: 0` makes them in the training process, one step at a time.
+`bench/curriculum_step.py` measured 1.02x, so the default is 0.
 
 On Linux the worker is forked with the pack maker already built (the corpus index is shared copy-on-write,
 not read again); where processes are spawned (macOS, Windows) the maker is sent to it once per stage.
@@ -55,13 +55,13 @@ class PackStream:
     """
 
     def __init__(self, maker: PackMaker, indices: tuple[int, ...], *, workers: int, last_step: int) -> None:
-        self.maker, self.indices, self.workers, self.last_step = maker, indices, workers, last_step
+        self.steps, self.workers, self.last_step = _StepPacks(maker, indices), workers, last_step
         self._iterator: Iterator[list[PackedBatch]] | None = None
         self._next_step: int | None = None
 
     def packs(self, step: int) -> list[PackedBatch]:
         if self.workers == 0 or step >= self.last_step:
-            return [self.maker.make(step, i) for i in self.indices]
+            return self.steps[step]
         if self._iterator is None or self._next_step != step:
             self.close()
             self._iterator = iter(self._loader(step))
@@ -69,7 +69,7 @@ class PackStream:
         return next(self._iterator)
 
     def _loader(self, first: int) -> DataLoader:
-        return DataLoader(_StepPacks(self.maker, self.indices), batch_size=None, sampler=range(first, self.last_step),
+        return DataLoader(self.steps, batch_size=None, sampler=range(first, self.last_step),
                           num_workers=self.workers, collate_fn=_as_is, prefetch_factor=PREFETCH_STEPS,
                           worker_init_fn=_one_thread)
 
