@@ -7,7 +7,8 @@ The understanding path of UniMedVL is Qwen2 with QK-norm, i.e. `transformers`' Q
 `attention_bias=True`: the peer is that model holding our understanding-expert weights (logits checked
 first). For each config and context length T it measures, ours and the peer interleaved (best of N):
 * prefill: T tokens into an empty cache, tokens/s;
-* decode: 32 greedy steps after a T-token prefill, tokens/s; for the --int8 configs also the same model
+* decode: 32 greedy steps after a T-token prefill, tokens/s, also with every layer eager (no compiled
+  layer graphs, `model/decode_layer.py`) interleaved beside it; for the --int8 configs also the same model
   with int8 decoder weights (one scale per row, as `ask --int8` loads it), with its logit drift.
 Machine limits measured by the script: the matmul peak in the compute dtype (prefill GFLOP/s is a fraction
 of it) and the memory read bandwidth (decode reads every active weight per token: its limit is bandwidth /
@@ -32,6 +33,7 @@ from unimedvl.assets import REFERENCE_TINY
 from unimedvl.checkpoint.folder import load_checkpoint
 from unimedvl.config import LLMConfig, UnifiedConfig
 from unimedvl.model.builder import build_model
+from unimedvl.model.decode_layer import FUSED
 
 DECODE_STEPS = 32
 SHIPPED = REFERENCE_TINY.parent / "unimedvl-tiny"
@@ -227,8 +229,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             continue
         ids = torch.randint(0, cfg.vocab_size, (context,), generator=torch.Generator().manual_seed(2))
         r = 1 if context >= 4096 and name == "small" else repeats
-        times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "hf_decode": [], "int8_decode": [],
-                 "int8_dynamic_decode": []}
+        times = {"ours_prefill": [], "hf_prefill": [], "ours_decode": [], "eager_layers_decode": [], "hf_decode": [],
+                 "int8_decode": [], "int8_dynamic_decode": []}
         for _ in range(r):  # interleaved, so both see the same machine state
             times["ours_prefill"].append(timed(lambda: ours_prefill(model, ids)))
             times["hf_prefill"].append(timed(lambda: hf_prefill(peer, ids)))
@@ -242,6 +244,9 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             beside.append(probe.dot())
             times["ours_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
             beside.append(probe.dot())
+            FUSED.off = True  # the same decode with every layer eager (what model/decode_layer.py replaces)
+            times["eager_layers_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
+            FUSED.off = False
             if quantized is not None:
                 times["int8_decode"].append(timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
                 times["int8_dynamic_decode"].append(timed(lambda: ours_decode(dynamic, dynamic_cache, token,
@@ -253,7 +258,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
         row = {"config": name, "context": context,
                "prefill_tok_s": context / best["ours_prefill"], "hf_prefill_tok_s": context / best["hf_prefill"],
                "prefill_peak_fraction": llm_flops(cfg, context, context) / best["ours_prefill"] / 1e9 / peak,
-               "decode_tok_s": DECODE_STEPS / best["ours_decode"], "hf_decode_tok_s": DECODE_STEPS / best["hf_decode"],
+               "decode_tok_s": DECODE_STEPS / best["ours_decode"],
+               "eager_layers_decode_tok_s": DECODE_STEPS / best["eager_layers_decode"], "hf_decode_tok_s": DECODE_STEPS / best["hf_decode"],
                "decode_limit_tok_s": limit, "logit_drift": drift, "bandwidth_beside_decode_gbs": max(beside),
                "decode_limit_beside_tok_s": max(beside) * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2,
                                                                              element_size)}
@@ -264,7 +270,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
                        int8_dynamic_logit_drift=dynamic_stats[0], int8_dynamic_top1_agreement=dynamic_stats[1])
         rows.append(row)
         print(f"  {name} T={context}: prefill {row['prefill_tok_s']:,.0f} vs {row['hf_prefill_tok_s']:,.0f} tok/s, "
-              f"decode {row['decode_tok_s']:,.1f} vs {row['hf_decode_tok_s']:,.1f} tok/s", flush=True)
+              f"decode {row['decode_tok_s']:,.1f} vs {row['hf_decode_tok_s']:,.1f} tok/s "
+              f"(eager layers {row['eager_layers_decode_tok_s']:,.1f})", flush=True)
     return rows
 
 
@@ -295,12 +302,13 @@ def main() -> None:
                              with_int8=args.compute == "float32" and name in args.int8.split(","), probe=probe,
                              compute=args.compute)
     print("\n| config | T | prefill tok/s | vs transformers | of matmul peak | decode tok/s | vs transformers "
-          "| of bandwidth limit | of the limit probed beside it |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| vs eager layers | of bandwidth limit | of the limit probed beside it |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['context']} | {r['prefill_tok_s']:,.0f} | "
               f"{r['prefill_tok_s'] / r['hf_prefill_tok_s']:.2f}x | {100 * r['prefill_peak_fraction']:.0f}% | "
               f"{r['decode_tok_s']:,.1f} | {r['decode_tok_s'] / r['hf_decode_tok_s']:.2f}x | "
+              f"{r['decode_tok_s'] / r['eager_layers_decode_tok_s']:.2f}x | "
               f"{100 * r['decode_tok_s'] / r['decode_limit_tok_s']:.0f}% | "
               f"{100 * r['decode_tok_s'] / r['decode_limit_beside_tok_s']:.0f}% ({r['bandwidth_beside_decode_gbs']:.0f} GB/s) |")
     int8_rows = [r for r in rows if "int8_decode_tok_s" in r]
@@ -315,12 +323,14 @@ def main() -> None:
                       f"{100 * r[f'{key}_top1_agreement']:.1f}% |")
     from unimedvl.model.matvec import MATVEC
 
-    choices = MATVEC.choices()
+    choices, layers = MATVEC.choices(), FUSED.choices()
     print("\ndecoding's matrix-vector kernel per weight shape, as measured in this process "
           f"(UNIMEDVL_FAST_DECODE={MATVEC.mode}): " + (", ".join(f"{k} {v}" for k, v in choices.items()) or "none measured"))
+    print("decoding's layer step (eager or two compiled graphs) per layer shape: "
+          + (", ".join(f"{k} {v}" for k, v in layers.items()) or "none measured"))
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "bandwidth_gbs": bandwidth, "rows": rows,
-                                         "matvec_kernels": choices}, indent=1))
+                                         "matvec_kernels": choices, "decode_layers": layers}, indent=1))
 
 
 if __name__ == "__main__":

@@ -46,16 +46,25 @@ def _streaming_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return y if bias is None else y + bias.to(x.dtype)
 
 
-class _Trial:
-    """Running totals of one shape's timed calls, per kernel."""
+def raise_recompile_limit() -> None:
+    """One compiled kernel per weight shape and dtype: a model has a handful, several models a few more."""
+    from torch import _dynamo
 
-    def __init__(self) -> None:
-        self.seconds = {"blas": 0.0, "compiled": 0.0}
-        self.calls = {"blas": 0, "compiled": 0}
+    limit = "recompile_limit" if hasattr(_dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(_dynamo.config, limit, max(getattr(_dynamo.config, limit), 64))
+
+
+class KernelTrial:
+    """Running totals of one shape's timed calls for a plain kernel and a compiled one (named in that order)."""
+
+    def __init__(self, names: tuple[str, str] = ("blas", "compiled")) -> None:
+        self.plain, self.fast = names
+        self.seconds = {name: 0.0 for name in names}
+        self.calls = {name: 0 for name in names}
         self.warmed = False  # the compiled kernel's first call compiles: never timed
 
     def next_kernel(self) -> str:
-        return "compiled" if self.calls["compiled"] < self.calls["blas"] else "blas"
+        return self.fast if self.calls[self.fast] < self.calls[self.plain] else self.plain
 
     def record(self, kernel: str, seconds: float) -> None:
         self.seconds[kernel] += seconds
@@ -64,7 +73,7 @@ class _Trial:
     def decided(self) -> str | None:
         if min(self.calls.values()) < TRIALS:
             return None
-        return "compiled" if self.seconds["compiled"] < MARGIN * self.seconds["blas"] else "blas"
+        return self.fast if self.seconds[self.fast] < MARGIN * self.seconds[self.plain] else self.plain
 
 
 class MatvecKernels:
@@ -78,7 +87,7 @@ class MatvecKernels:
         self.compiled = None
         self.unavailable = mode == "0"
         self.choice: dict[Key, str] = {}
-        self.trials: dict[Key, _Trial] = {}
+        self.trials: dict[Key, KernelTrial] = {}
 
     def applies(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         return (x.dim() == 2 and x.shape[0] == 1 and x.device.type == "cpu" and not torch.is_grad_enabled()
@@ -100,7 +109,7 @@ class MatvecKernels:
 
     def _trial(self, key: Key, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                scale: torch.Tensor | None) -> torch.Tensor:
-        trial = self.trials.setdefault(key, _Trial())
+        trial = self.trials.setdefault(key, KernelTrial())
         if not trial.warmed:
             trial.warmed = True
             return self._compiled(x, weight, bias, scale)
@@ -118,11 +127,7 @@ class MatvecKernels:
     def _compiled(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   scale: torch.Tensor | None) -> torch.Tensor:
         if self.compiled is None:
-            from torch import _dynamo
-
-            # One compiled kernel per weight shape and dtype: a model has a handful, several models a few more.
-            limit = "recompile_limit" if hasattr(_dynamo.config, "recompile_limit") else "cache_size_limit"
-            setattr(_dynamo.config, limit, max(getattr(_dynamo.config, limit), 64))
+            raise_recompile_limit()
             self.compiled = torch.compile(_streaming_matvec, dynamic=False)
         try:
             return self.compiled(x, weight, bias, scale)

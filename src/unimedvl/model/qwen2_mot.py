@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from unimedvl.config import LLMConfig
+from unimedvl.model.decode_layer import FUSED
 from unimedvl.model.kv_cache import KVBlock, KVCache
 from unimedvl.model.layers import Embedding, Linear, RMSNorm
 
@@ -204,6 +205,10 @@ class MoTAttention(nn.Module):
         if inputs.branch_caches is not None:
             return inputs.routing.apply(self._attend_branches(q, k, v, inputs.branch_caches), self.o_proj,
                                         self.o_proj_moe_gen)
+        return inputs.routing.apply(self.attend(q, k, v, inputs), self.o_proj, self.o_proj_moe_gen)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        """Joint attention of a block (keys: its cache and itself) -> `[L, Hq * D]`, before o_proj."""
         if inputs.cache is None:  # a whole packed sequence (training): keys are the block itself
             k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
         else:
@@ -219,8 +224,7 @@ class MoTAttention(nn.Module):
             q.transpose(0, 1).unsqueeze(0), k_all.unsqueeze(0).to(q.dtype), v_all.unsqueeze(0).to(q.dtype),
             attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads,
         )  # [1, Hq, L, D]
-        out = out[0].transpose(0, 1).reshape(x.shape[0], -1)
-        return inputs.routing.apply(out, self.o_proj, self.o_proj_moe_gen)
+        return out[0].transpose(0, 1).reshape(q.shape[0], -1)
 
 
 class MoTDecoderLayer(nn.Module):
@@ -238,6 +242,11 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm_moe_gen = RMSNorm(h, eps=config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        if FUSED.applies(x, inputs):  # one decoding row: two compiled graphs where this machine runs them faster
+            return FUSED(self, x, inputs, lambda row: self._forward(row, inputs))
+        return self._forward(x, inputs)
+
+    def _forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         routing = inputs.routing
         h = routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
         x = x + self.self_attn(h, inputs)
