@@ -188,7 +188,7 @@ def _inception(path: Optional[Path]):  # noqa: ANN202
 
 def generation(
     out: Path = typer.Option(Path("outputs/eval/generation"), "--out", "-o", help="Images and results.json."),
-    seeds: int = typer.Option(8, "--seeds", help="Images per prompt (seeds 0 .. N-1)."),
+    seeds: int = typer.Option(32, "--seeds", help="Images per prompt (seeds 0 .. N-1); one image is 1/N of a modality's share (on UniMedVL-tiny 8 seeds differed from 32 by up to 0.31 in a cell)."),
     steps: int = typer.Option(20, "--steps", help="Timesteps per image."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side (default: the model's)."),
     extractor: Optional[Path] = ExtractorOpt,

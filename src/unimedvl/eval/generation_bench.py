@@ -80,7 +80,7 @@ def _extractors(judge: JudgeExtractor, inception) -> dict:  # noqa: ANN001
     return out
 
 
-def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int = 8, steps: int = 20,  # noqa: ANN001
+def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int = 32, steps: int = 20,  # noqa: ANN001
                         size: int | None = None, inception=None,  # noqa: ANN001 - an InceptionExtractor
                         progress: Callable[[int, int], None] | None = None) -> dict:
     references = reference_images()

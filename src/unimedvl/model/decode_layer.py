@@ -1,11 +1,12 @@
 """One decoding token through a decoder layer as two compiled graphs: before and after attention.
 
 A one-token step through a layer is about thirty small operations (four RMSNorms, RoPE on q and k,
-SiLU, residual adds) around seven matrix-vector products. On a CPU each operation's dispatch costs
-microseconds, and together they cost about as much as reading the layer's weights. Compiled, the
-norms, RoPE and activations fuse into the products' loops, and each product streams its weight
-once (widening bf16 weights and applying int8 scales in registers, as `matvec`'s compiled loop
-does). Attention over the cache stays eager: its key length grows every step.
+SiLU, residual adds) around seven matrix-vector products, and on a CPU each one's dispatch costs
+microseconds. Compiled, the norms, RoPE and activations fuse into the products' loops, and each
+product streams its weight once (widening bf16 weights and applying int8 scales in registers, as
+`matvec`'s compiled loop does). Attention over the cache stays eager: its key length grows every
+step. Measured on the small preset (2-core AMD EPYC, `bench/lm.py`): decoding 1.09-1.14x faster than
+with eager layers in 7 of 8 runs, and 97 % of a step's time inside the compiled kernels.
 
 Whether the compiled graphs beat the eager layer depends on the CPU (see `matvec`), so each layer
 shape is timed where it runs: its first decoding steps alternate between the two (both give the
