@@ -123,3 +123,27 @@ def test_blocks_small_layers_gradients_and_fbgemm_int8_stay_eager(monkeypatch) -
 
     quantize_linears(layer, lambda name: name == "mlp.gate_proj", Int8DynamicLinear)
     assert layer_weights(layer, gen=False) is None and layer_weights(layer, gen=True) is not None
+
+
+def test_a_platform_that_cannot_compile_falls_back_to_the_eager_layer_with_a_warning() -> None:
+    import pytest
+
+    model = _model(3)
+    saved = _with_mode("0")
+    try:
+        expected, tokens = _decode(model, steps=2)
+
+        def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise RuntimeError("no C++ compiler")
+
+        FUSED.kernels = MatvecKernels("1")
+        graphs, FUSED.graphs = FUSED.graphs, (broken, broken)
+        try:
+            with pytest.warns(UserWarning, match="compiled decoding unavailable"):
+                got, got_tokens = _decode(model, steps=2)
+        finally:
+            FUSED.graphs = graphs
+        assert FUSED.kernels.unavailable and got_tokens == tokens
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        _restore(saved)

@@ -147,13 +147,19 @@ class FusedDecoding:
                              weights["v"], getattr(attention, f"q_norm{suffix}").weight,
                              getattr(attention, f"k_norm{suffix}").weight, inputs.cos, inputs.sin, eps,
                              attention.num_heads, attention.num_kv_heads)
-            attended = attention.attend(q, k, v, inputs)
+        except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported platform: stay correct)
+            return self._give_up(exc, eager, x)
+        attended = attention.attend(q, k, v, inputs)  # its errors are the caller's, not the compiler's
+        try:
             return after(x, attended, weights["o"], getattr(layer, f"post_attention_layernorm{suffix}").weight,
                          weights["gate"], weights["up"], weights["down"], eps)
-        except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported platform: stay correct)
-            self.kernels.unavailable = True
-            warnings.warn(f"compiled decoding unavailable ({type(exc).__name__}); using the eager layer", stacklevel=3)
-            return eager(x)
+        except Exception as exc:  # noqa: BLE001
+            return self._give_up(exc, eager, x)  # the eager layer rewrites the same cache row: no harm
+
+    def _give_up(self, exc: Exception, eager: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        self.kernels.unavailable = True
+        warnings.warn(f"compiled decoding unavailable ({type(exc).__name__}); using the eager layer", stacklevel=4)
+        return eager(x)
 
     def choices(self) -> dict[str, str]:
         """What each measured layer shape uses, e.g. `{"understanding 1024x2816 float32": "compiled"}`."""
