@@ -245,8 +245,10 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             times["ours_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
             beside.append(probe.dot())
             FUSED.off = True  # the same decode with every layer eager (what model/decode_layer.py replaces)
-            times["eager_layers_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
-            FUSED.off = False
+            try:
+                times["eager_layers_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
+            finally:
+                FUSED.off = False
             if quantized is not None:
                 times["int8_decode"].append(timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
                 times["int8_dynamic_decode"].append(timed(lambda: ours_decode(dynamic, dynamic_cache, token,

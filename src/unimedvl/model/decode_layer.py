@@ -17,15 +17,22 @@ than `matvec.MIN_WEIGHTS` stay eager (a first call's compile would cost more tha
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
-from unimedvl.model.layers import Int8DynamicLinear, Int8Linear, Linear
-from unimedvl.model.matvec import MATVEC, MIN_WEIGHTS, KernelTrial, MatvecKernels, raise_recompile_limit
+from unimedvl.model.layers import Int8DynamicLinear, Int8Linear, Linear, apply_rope, rms_norm
+from unimedvl.model.matvec import (
+    MATVEC,
+    MIN_WEIGHTS,
+    KernelTrial,
+    MatvecKernels,
+    raise_recompile_limit,
+    run_trial,
+    streaming_matvec,
+)
 
 if TYPE_CHECKING:
     from unimedvl.model.qwen2_mot import BlockInputs, MoTDecoderLayer
@@ -33,41 +40,23 @@ if TYPE_CHECKING:
 Weights = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # weight, bias, per-row scale
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return weight.to(x.dtype) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-
-def _product(x: torch.Tensor, linear: Weights) -> torch.Tensor:
-    weight, bias, scale = linear
-    y = (x[:, None, :] * weight.to(x.dtype)).sum(-1)
-    if scale is not None:
-        y = y * scale
-    return y if bias is None else y + bias.to(x.dtype)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
-
-
 def before_attention(x: torch.Tensor, norm: torch.Tensor, q: Weights, k: Weights, v: Weights,
                      q_norm: torch.Tensor, k_norm: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                      eps: float, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RMSNorm, q/k/v, their head norms and RoPE for one row `[1, H]` -> q `[1, Hq, D]`, k, v `[1, Hkv, D]`."""
-    h = _rms(x, norm, eps)
+    h = rms_norm(x, norm, eps)
     d = cos.shape[-1]
-    q_out = _rope(_rms(_product(h, q).view(1, heads, d), q_norm, eps), cos, sin)
-    k_out = _rope(_rms(_product(h, k).view(1, kv_heads, d), k_norm, eps), cos, sin)
-    return q_out, k_out, _product(h, v).view(1, kv_heads, d)
+    q_out = apply_rope(rms_norm(streaming_matvec(h, *q).view(1, heads, d), q_norm, eps), cos, sin)
+    k_out = apply_rope(rms_norm(streaming_matvec(h, *k).view(1, kv_heads, d), k_norm, eps), cos, sin)
+    return q_out, k_out, streaming_matvec(h, *v).view(1, kv_heads, d)
 
 
 def after_attention(x: torch.Tensor, attended: torch.Tensor, o: Weights, norm: torch.Tensor, gate: Weights,
                     up: Weights, down: Weights, eps: float) -> torch.Tensor:
     """o_proj and the residual, RMSNorm, the SwiGLU MLP and its residual for one row `[1, H]`."""
-    x = x + _product(attended, o)
-    h = _rms(x, norm, eps)
-    return x + _product(F.silu(_product(h, gate)) * _product(h, up), down)
+    x = x + streaming_matvec(attended, *o)
+    h = rms_norm(x, norm, eps)
+    return x + streaming_matvec(F.silu(streaming_matvec(h, *gate)) * streaming_matvec(h, *up), *down)
 
 
 def _weights(linear: torch.nn.Module) -> Weights | None:
@@ -113,28 +102,19 @@ class FusedDecoding:
         if weights is None or weights["gate"][0].numel() < MIN_WEIGHTS:  # small layers sit in cache: no gain
             return eager(x)
         key = (gen, *((tuple(w[0].shape), w[0].dtype, w[1] is None, w[2] is None) for w in weights.values()))
-        if self.kernels.mode == "1" or self.choice.get(key) == "compiled":
+
+        def compiled() -> torch.Tensor:
             return self._compiled(layer, x, inputs, weights, eager)
+
+        if self.kernels.mode == "1" or self.choice.get(key) == "compiled":
+            return compiled()
         if key in self.choice:
             return eager(x)
-        trial = self.trials.setdefault(key, KernelTrial(("eager", "compiled")))
-        if not trial.warmed:  # the first call compiles: never timed
-            trial.warmed = True
-            return self._compiled(layer, x, inputs, weights, eager)
-        kernel = trial.next_kernel()
-        start = time.perf_counter()
-        out = self._compiled(layer, x, inputs, weights, eager) if kernel == "compiled" else eager(x)
-        trial.record(kernel, time.perf_counter() - start)
-        decision = trial.decided()
-        if decision is not None:
-            self.choice[key] = decision
-            del self.trials[key]
-        return out
+        return run_trial(self.choice, self.trials, key, ("eager", "compiled"), lambda: eager(x), compiled)
 
     def _compiled(self, layer: "MoTDecoderLayer", x: torch.Tensor, inputs: "BlockInputs",
                   weights: dict[str, Weights], eager: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        gen = bool(inputs.routing.single_expert)
-        suffix = "_moe_gen" if gen else ""
+        suffix = "_moe_gen" if inputs.routing.single_expert else ""
         attention = layer.self_attn
         if self.graphs is None:
             raise_recompile_limit()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ def blas_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out if bias is None else out + bias.to(x.dtype)
 
 
-def _streaming_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def streaming_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       scale: torch.Tensor | None) -> torch.Tensor:
     y = (x[:, None, :] * weight.to(x.dtype)).sum(-1)
     if scale is not None:
@@ -76,6 +77,25 @@ class KernelTrial:
         return self.fast if self.seconds[self.fast] < MARGIN * self.seconds[self.plain] else self.plain
 
 
+def run_trial(choice: dict, trials: dict, key: object, names: tuple[str, str], plain: Callable[[], torch.Tensor],
+              fast: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One call of a shape still being timed: the first runs `fast` (it compiles, untimed), then the two
+    alternate; once each has run `TRIALS` times the faster is stored in `choice[key]`."""
+    trial = trials.setdefault(key, KernelTrial(names))
+    if not trial.warmed:
+        trial.warmed = True
+        return fast()
+    kernel = trial.next_kernel()
+    start = time.perf_counter()
+    out = fast() if kernel == trial.fast else plain()
+    trial.record(kernel, time.perf_counter() - start)
+    decision = trial.decided()
+    if decision is not None:
+        choice[key] = decision
+        del trials[key]
+    return out
+
+
 class MatvecKernels:
     """The per-shape choice between BLAS and the compiled loop for one process."""
 
@@ -105,30 +125,14 @@ class MatvecKernels:
             return blas_matvec(x, weight, bias, scale)
         if kernel == "compiled":
             return self._compiled(x, weight, bias, scale)
-        return self._trial(key, x, weight, bias, scale)
-
-    def _trial(self, key: Key, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               scale: torch.Tensor | None) -> torch.Tensor:
-        trial = self.trials.setdefault(key, KernelTrial())
-        if not trial.warmed:
-            trial.warmed = True
-            return self._compiled(x, weight, bias, scale)
-        kernel = trial.next_kernel()
-        run = self._compiled if kernel == "compiled" else blas_matvec
-        start = time.perf_counter()
-        out = run(x, weight, bias, scale)
-        trial.record(kernel, time.perf_counter() - start)
-        decision = trial.decided()
-        if decision is not None:
-            self.choice[key] = decision
-            del self.trials[key]
-        return out
+        return run_trial(self.choice, self.trials, key, ("blas", "compiled"), lambda: blas_matvec(x, weight, bias, scale),
+                         lambda: self._compiled(x, weight, bias, scale))
 
     def _compiled(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   scale: torch.Tensor | None) -> torch.Tensor:
         if self.compiled is None:
             raise_recompile_limit()
-            self.compiled = torch.compile(_streaming_matvec, dynamic=False)
+            self.compiled = torch.compile(streaming_matvec, dynamic=False)
         try:
             return self.compiled(x, weight, bias, scale)
         except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported platform: stay correct)

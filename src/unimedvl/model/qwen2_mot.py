@@ -27,7 +27,7 @@ from torch.nn.attention.bias import causal_lower_right
 from unimedvl.config import LLMConfig
 from unimedvl.model.decode_layer import FUSED
 from unimedvl.model.kv_cache import KVBlock, KVCache
-from unimedvl.model.layers import Embedding, Linear, RMSNorm
+from unimedvl.model.layers import Embedding, Linear, RMSNorm, apply_rope
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,6 @@ class RopeTable:
             table = rope_cos_sin(torch.arange(size, device=position_ids.device), self.head_dim, self.theta, dtype)
             self._tables[key] = table
         return table[0][position_ids], table[1][position_ids]
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on `[L, heads, D]`."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
 @dataclass(frozen=True)
