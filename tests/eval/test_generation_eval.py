@@ -118,11 +118,36 @@ def test_edit_benchmark_scores_held_out_super_resolution_against_bicubic(tmp_pat
     for row in results["per_image"]:
         assert max(row["size"]) == 64 and max(row["input_size"]) in (16, 32)  # x4 and x2 pairs, fed as trained
         assert row["bicubic_psnr"] > 5 and row["psnr"] > 0
+        assert 0 < row["vae_round_trip_psnr"] < 99 and 0 < row["vae_residual_psnr"] < 99
     for modality, row in results["per_modality"].items():
-        assert 0 <= row["beats_baseline_psnr"] <= row["n"]
+        assert 0 <= row["beats_baseline_psnr"] <= row["n"] and 0 <= row["residual_beats_baseline_psnr"] <= row["n"]
     tables = compare(parse_runs([f"tiny={tmp_path / 'sr'}"]))  # `eval compare` reads the run as edits
     assert "## Editing, super_resolution" in tables
     cells = dict(zip(table_row(tables, "model", "size"), table_row(tables, "tiny", "64")))
-    assert cells[modality] == f"{row['psnr']:.1f} vs {row['bicubic_psnr']:.1f} ({row['beats_baseline_psnr']}/{row['n']})"
+    assert cells[modality] == (f"{row['psnr']:.1f} vs {row['bicubic_psnr']:.1f} ({row['beats_baseline_psnr']}/{row['n']}); "
+                               f"ceilings {row['vae_round_trip_psnr']:.1f} / {row['vae_residual_psnr']:.1f}")
     assert main(["eval", "edits", "--corpus", str(tmp_path), "-c", str(fixture_dir)]) == 2  # not a corpus
     assert main(["eval", "edits", "--corpus", str(train_corpus), "--task", "segmentation"]) == 2
+
+
+def test_vae_ceilings_are_exact_for_a_lossless_autoencoder() -> None:
+    """With an identity VAE the round trip is the target itself and the residual correction recovers it."""
+    from unimedvl.eval.edit_bench import vae_ceilings
+    from unimedvl.eval.metrics.image import psnr
+
+    class Identity(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def decode(self, z: torch.Tensor) -> torch.Tensor:
+            return z
+
+    rng = np.random.default_rng(0)
+    target = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    blurred = target.resize((16, 16), Image.BICUBIC).resize((32, 32), Image.BICUBIC)
+    round_trip, residual = vae_ceilings(Identity(), target, blurred)
+    assert psnr(round_trip, target) > 45 and psnr(residual, target) > 45 > psnr(blurred, target)

@@ -244,7 +244,9 @@ def edits(
     base = results["baseline"]
     for modality, row in results["per_modality"].items():
         print(f"{modality}: PSNR {row['psnr']:.2f} vs {base} {row[base + '_psnr']:.2f} (better on "
-              f"{row['beats_baseline_psnr']}/{row['n']}), SSIM {row['ssim']:.3f} vs {row[base + '_ssim']:.3f}")
+              f"{row['beats_baseline_psnr']}/{row['n']}), SSIM {row['ssim']:.3f} vs {row[base + '_ssim']:.3f}; "
+              f"VAE ceilings: round trip {row['vae_round_trip_psnr']:.2f}, {base} + latent difference "
+              f"{row['vae_residual_psnr']:.2f}")
     print(f"wrote {out / 'results.json'}")
 
 

@@ -131,6 +131,13 @@ def generation_tables(runs: list[Run]) -> list[str]:
             *_table(["model", "size", *modalities, "pneumonia AUROC", "distance prompts / seeds"], rows)]
 
 
+def _edit_cell(row: dict, baseline: str) -> str:
+    cell = f"{row['psnr']:.1f} vs {row[f'{baseline}_psnr']:.1f} ({row['beats_baseline_psnr']}/{row['n']})"
+    if "vae_round_trip_psnr" in row:  # runs written before the ceilings were measured have none
+        cell += f"; ceilings {row['vae_round_trip_psnr']:.1f} / {row['vae_residual_psnr']:.1f}"
+    return cell
+
+
 def edit_tables(runs: list[Run]) -> list[str]:
     lines = []
     for task in dict.fromkeys(run.results["task"] for run in runs):
@@ -140,11 +147,11 @@ def edit_tables(runs: list[Run]) -> list[str]:
         rows = []
         for run in mine:
             per = run.results["per_modality"]
-            rows.append([run.label, str(run.results.get("size", "-")), *(
-                f"{per[m]['psnr']:.1f} vs {per[m][f'{baseline}_psnr']:.1f} ({per[m]['beats_baseline_psnr']}/{per[m]['n']})"
-                if m in per else "-" for m in modalities)])
+            rows.append([run.label, str(run.results.get("size", "-")),
+                         *(_edit_cell(per[m], baseline) if m in per else "-" for m in modalities)])
         lines += [f"## Editing, {task} (`unimedvl eval edits`): PSNR dB of the model vs {baseline} "
-                  f"(images above {baseline} / held-out images)", "",
+                  f"(images above {baseline} / held-out images); the VAE's ceilings: the target's round trip / "
+                  f"{baseline} + the latent difference", "",
                   *_table(["model", "size", *modalities], rows), ""]
     return lines[:-1]
 

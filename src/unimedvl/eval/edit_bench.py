@@ -10,7 +10,12 @@ baseline are scored against the target resized to the output size (PSNR and SSIM
 * super_resolution: bicubic up-sampling of the same low-resolution input;
 * virtual_staining, cross_modal, counterfactual: the identity (the input itself, resized).
 
-Per modality: the model's mean, the baseline's mean, and on how many images the model beat it.
+Per modality: the model's mean, the baseline's mean, and on how many images the model beat it. Beside
+them, two ceilings of the checkpoint's own VAE, computed from the answer itself: the target encoded and
+decoded (no output decoded by this VAE is expected to score above it), and the baseline corrected by the
+decoded difference of the target's and the baseline's latents (the best a latent edit added to the
+baseline could do). When both ceilings sit at or below the baseline, the task is out of this VAE's
+reach, whatever the generator learns.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+import torch
 from PIL import Image
 
 from unimedvl.data.schema import Sample
 from unimedvl.data.storage import iter_samples
 from unimedvl.errors import InputError
 from unimedvl.eval.metrics.image import psnr, ssim
-from unimedvl.imaging.pixels import load_image
+from unimedvl.imaging.pixels import load_image, to_tensor, to_uint8
 from unimedvl.imaging.resize import resize_by
 from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.utils.files import atomic_write_text
@@ -59,6 +65,16 @@ def held_out_pairs(corpus: Path, task: str, splits: tuple[str, ...] = ("val", "t
     return rows
 
 
+@torch.no_grad()
+def vae_ceilings(vae, target: Image.Image, baseline: Image.Image) -> tuple[Image.Image, Image.Image]:  # noqa: ANN001
+    """(target encoded and decoded, baseline + decoded(target) - decoded(baseline)) through `vae`."""
+    parameter = next(vae.parameters())
+    pixels = torch.stack([to_tensor(target), to_tensor(baseline)]).to(parameter.device, parameter.dtype)
+    decoded = vae.decode(vae.encode(pixels)).float().clamp(-1, 1).cpu()
+    residual = (pixels[1].float().cpu() + decoded[0] - decoded[1]).clamp(-1, 1)
+    return Image.fromarray(to_uint8(decoded[0])), Image.fromarray(to_uint8(residual))
+
+
 def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolution", size: int | None = None,  # noqa: ANN001
                    steps: int = 20, per_modality: int | None = 20, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> dict:
@@ -78,11 +94,14 @@ def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolu
                              width=target_sized.width)
         reference = fed.resize(target_sized.size, Image.BICUBIC)  # bicubic up-sampling / the identity
         edited.save(out / "images" / f"{index:04d}-{sample.modality}.png")
+        round_trip, residual = vae_ceilings(engine.vae, target_sized, reference)
         per_image.append({"id": sample.id, "modality": sample.modality, "source": sample.source,
                           "size": list(target_sized.size), "input_size": list(fed.size),
                           "psnr": psnr(edited, target_sized), "ssim": ssim(edited, target_sized),
                           f"{baseline}_psnr": psnr(reference, target_sized),
-                          f"{baseline}_ssim": ssim(reference, target_sized)})
+                          f"{baseline}_ssim": ssim(reference, target_sized),
+                          "vae_round_trip_psnr": psnr(round_trip, target_sized),
+                          "vae_residual_psnr": psnr(residual, target_sized)})
         if progress:
             progress(index + 1, len(pairs))
     per_modality_rows: dict[str, dict] = {}
@@ -92,10 +111,13 @@ def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolu
         per_modality_rows[modality] = {
             "n": len(rows), "psnr": mean("psnr"), "ssim": mean("ssim"),
             f"{baseline}_psnr": mean(f"{baseline}_psnr"), f"{baseline}_ssim": mean(f"{baseline}_ssim"),
+            "vae_round_trip_psnr": mean("vae_round_trip_psnr"), "vae_residual_psnr": mean("vae_residual_psnr"),
+            "residual_beats_baseline_psnr": int(sum(bool(r["vae_residual_psnr"] > r[f"{baseline}_psnr"]) for r in rows)),
             "beats_baseline_psnr": int(sum(bool(r["psnr"] > r[f"{baseline}_psnr"]) for r in rows))}
     results = {"task": task, "baseline": baseline, "size": side, "steps": steps, "seed": seed, "corpus": str(corpus),
                "splits": ["val", "test"], "per_modality": per_modality_rows, "per_image": per_image,
                "protocol": "target resized to the output side; PSNR / SSIM on 8-bit RGB (data range 255, SSIM 7x7 "
-                           "uniform window); the input fed as the trainer feeds it"}
+                           "uniform window); the input fed as the trainer feeds it; VAE ceilings through the checkpoint's own "
+                           "VAE (posterior mean)"}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
