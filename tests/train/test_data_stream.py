@@ -120,7 +120,8 @@ def imbalanced_corpus(tmp_path_factory) -> Path:  # noqa: ANN001
     config = {"name": "imbalanced", "seed": 0, "deid_salt": "x", "splits": {"train": 1.0, "val": 0.0, "test": 0.0},
               "sources": [{"name": "pneumonia", "adapter": "class_folder", "path": "data", "modality": "chest_xray",
                            "licence": "CC-BY-4.0", "tasks": ["vqa"],
-                           "options": {"label_names": {"normal": "no pneumonia"}}}]}
+                           "options": {"label_names": {"normal": "no pneumonia", "pneumonia": "pneumonia"},
+                                       "class_names": {"no pneumonia": "normal", "pneumonia": "pneumonia"}}}]}
     (folder / "build.yaml").write_text(yaml.safe_dump(config))
     build_corpus(BuildConfig.from_yaml(folder / "build.yaml"), folder / "corpus", workers=1, log=lambda m: None)
     return folder / "corpus"
@@ -137,6 +138,29 @@ def test_label_balance_draws_every_class_equally_often(imbalanced_corpus: Path) 
     natural = sum(v == "pneumonia" for v in label_of.values()) / len(label_of)
     assert natural > 0.65  # PneumoniaMNIST is mostly pneumonia ...
     assert abs(share[False] - natural) < 0.1 and abs(share[True] - 0.5) < 0.1  # ... a balanced stream is not
+
+
+def test_natural_label_variants_keep_the_class_frequencies_of_choice_questions_only(imbalanced_corpus: Path) -> None:
+    index = CorpusIndex(imbalanced_corpus)
+    rows = {s.id: s for s in index.by_family["understanding"]}
+    choice = {sid for sid, s in rows.items() if s.provenance.get("variant") == "choice"}
+    assert choice and len(choice) < len(rows)
+    maker = _maker(index, mix={"understanding": 1.0}, source_balance=1.0, label_balance=True,
+                   natural_label_variants={"pneumonia": ["choice"]})
+    drawn = [sid for i in range(120) for sid in maker.make(0, i).sample_ids if sid in rows]
+
+    def pneumonia_share(ids: list[str]) -> float:
+        return sum(rows[sid].provenance.get("label") == "pneumonia" for sid in ids) / len(ids)
+
+    natural = pneumonia_share([sid for sid in rows if sid in choice])
+    assert natural > 0.65
+    assert abs(pneumonia_share([d for d in drawn if d in choice]) - natural) < 0.1  # the base rate is kept ...
+    assert abs(pneumonia_share([d for d in drawn if d not in choice]) - 0.5) < 0.1  # ... yes / no stays balanced
+    assert abs(sum(d in choice for d in drawn) / len(drawn) - len(choice) / len(rows)) < 0.1  # and its share
+    with pytest.raises(ConfigError, match="does not hold"):
+        _maker(index, mix={"understanding": 1.0}, label_balance=True, natural_label_variants={"busi": ["choice"]})
+    with pytest.raises(ConfigError, match="natural_label_variants"):
+        DataConfig(natural_label_variants={"pneumonia": "choice"})
 
 
 def test_generated_images_are_drawn_at_the_listed_sizes_and_inputs_keep_their_relative_size(train_corpus: Path) -> None:

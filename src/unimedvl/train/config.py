@@ -71,6 +71,10 @@ class DataConfig:
     # Within a source, draw every class (the label a sample was made from) equally often: with
     # balanced classes every yes / no phrasing is answered yes and no equally often.
     label_balance: bool = False
+    # Under label_balance, sample variants of a source drawn at the class frequencies the source has
+    # (source -> variants, e.g. {breastmnist: [choice]}): its class-name questions then learn the base
+    # rate, while its yes / no phrasings stay balanced. The variants keep their share of the source.
+    natural_label_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Probability that an image a sample reads (understanding samples) is re-cropped, re-sampled and
     # re-windowed (`imaging/augment.py`).
     augment: float = 0.0
@@ -112,6 +116,13 @@ class DataConfig:
                     is_finite_number(v) and v >= 0 for v in weights.values()):
                 raise ConfigError(f"data.source_weights.{family} maps source names to non-negative numbers, "
                                   f"got {weights!r}")
+        if not isinstance(self.natural_label_variants, dict) or not all(
+                isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+                for v in self.natural_label_variants.values()):
+            raise ConfigError(f"data.natural_label_variants maps source names to lists of sample variants "
+                              f"(e.g. {{breastmnist: [choice]}}), got {self.natural_label_variants!r}")
+        object.__setattr__(self, "natural_label_variants",
+                           {str(k): tuple(v) for k, v in self.natural_label_variants.items()})
         unknown = set(self.mix) - set(FAMILIES)
         if unknown:
             raise ConfigError(f"data.mix: unknown families {sorted(unknown)}; use {list(FAMILIES)}")

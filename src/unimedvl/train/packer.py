@@ -158,9 +158,23 @@ class PackMaker:
         self.families, self.weights = index.families(config.mix)
         self.sources = {f: index.source_weights(f, config.balance_for(f), config.source_weights.get(f))
                         for f in self.families}
-        self.labels: dict[str, dict[str, dict[str, list[Sample]]]] = {
-            f: {name: _by_label(rows) for name, rows in index.by_source[f].items()} for f in self.families
-        } if config.label_balance else {}
+        known = {name for f in self.families for name in index.by_source[f]}
+        unknown = sorted(set(config.natural_label_variants) - known)
+        if unknown:
+            raise ConfigError(f"data.natural_label_variants names sources this corpus does not hold: {unknown}; "
+                              f"it holds {sorted(known)}")
+        self.labels: dict[str, dict[str, dict[str, list[Sample]]]] = {}
+        self.natural: dict[str, dict[str, tuple[list[Sample], float]]] = {}  # family -> source -> (pool, share)
+        if config.label_balance:
+            for f in self.families:
+                self.labels[f], self.natural[f] = {}, {}
+                for name, rows in index.by_source[f].items():
+                    variants = set(config.natural_label_variants.get(name, ()))
+                    natural = [s for s in rows if s.provenance.get("variant") in variants]
+                    balanced = [s for s in rows if s.provenance.get("variant") not in variants] if natural else rows
+                    if natural:
+                        self.natural[f][name] = (natural, len(natural) / len(rows))
+                    self.labels[f][name] = _by_label(balanced if balanced else rows)
 
     def make(self, step: int, pack_index: int) -> PackedBatch:
         rng = random.Random(f"{self.seed}/{step}/{pack_index}")
@@ -172,7 +186,10 @@ class PackMaker:
             family = rng.choices(self.families, self.weights)[0]
             names, weights = self.sources[family]
             source = rng.choices(names, weights)[0]
-            if self.config.label_balance:
+            natural = self.natural.get(family, {}).get(source)
+            if natural is not None and rng.random() < natural[1]:
+                pool = natural[0]  # these variants at the source's own class frequencies
+            elif self.config.label_balance:
                 labels = self.labels[family][source]
                 pool = labels[sorted(labels)[rng.randrange(len(labels))]]
             else:
