@@ -66,6 +66,9 @@ def test_generation_and_counterfactual_commands(tmp_path: Path, fixture_dir: Pat
     row = results["per_modality"]["chest_xray"]
     assert row["n"] == 4 and row["references"] == 78 and row["fid_proxy"] > 0 and 0 <= row["image_text_proxy"] <= 1
     assert results["per_modality"]["fundus"]["fid_proxy"] is None  # no bundled real fundus images
+    for modality, per in results["per_modality"].items():  # every image read as one modality, hits counted
+        assert sum(per["judged_as"].values()) == per["n"] and set(per["judged_as"]) <= set(MODALITIES)
+        assert per["judged_as"].get(modality, 0) / per["n"] == per["recognised"]
     assert len(list((tmp_path / "g" / "images").glob("*.png"))) == 18
     distance = results["distance"]
     assert 0 < distance["between_prompts_same_seed"] < 1 and 0 < distance["between_seeds_same_prompt"] < 1

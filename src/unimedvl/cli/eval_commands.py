@@ -213,8 +213,9 @@ def generation(
                                   progress=log_progress("generate"))
     for modality, row in results["per_modality"].items():
         fid = "n/a (no bundled real images)" if row["fid_proxy"] is None else f"{row['fid_proxy']:.1f}"
-        print(f"{modality}: recognised {row['recognised']:.2f}, image-text proxy {row['image_text_proxy']:.3f}, "
-              f"FID proxy {fid}")
+        misses = ", ".join(f"{m} {n}" for m, n in row["judged_as"].items() if m != modality) or "none"
+        print(f"{modality}: recognised {row['recognised']:.2f} (misses read as: {misses}), image-text proxy "
+              f"{row['image_text_proxy']:.3f}, FID proxy {fid}")
     distance = results["distance"]
     print(f"pixel distance: different prompts, same seed {distance['between_prompts_same_seed']:.3f}; "
           f"same prompt, different seeds {distance['between_seeds_same_prompt']:.3f}")

@@ -105,7 +105,10 @@ def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int 
         probs = judge.modality_probabilities(images)
         wanted = MODALITIES.index(modality)
         real = references.get(modality, [])
+        judged = [MODALITIES[i] for i in probs.argmax(1)]
         row: dict[str, object] = {"n": len(images), "recognised": float((probs.argmax(1) == wanted).mean()),
+                                  # what the judge read each image as: a miss shows which modality it looked like
+                                  "judged_as": {m: judged.count(m) for m in sorted(set(judged))},
                                   "image_text_proxy": float(probs[:, wanted].mean()),
                                   "fid_proxy": _fid(judge, images, [i for _, i in real]),
                                   "fid": _fid(inception, images, [i for _, i in real]), "references": len(real),
