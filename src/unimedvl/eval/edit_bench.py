@@ -33,6 +33,7 @@ from unimedvl.data.schema import Sample
 from unimedvl.data.storage import iter_samples
 from unimedvl.errors import InputError
 from unimedvl.eval.metrics.image import psnr, ssim
+from unimedvl.eval.reconstruction import round_trip
 from unimedvl.imaging.pixels import load_image, to_tensor, to_uint8
 from unimedvl.imaging.resize import resize_by
 from unimedvl.model.sampling import GuidanceOptions
@@ -65,13 +66,11 @@ def held_out_pairs(corpus: Path, task: str, splits: tuple[str, ...] = ("val", "t
     return rows
 
 
-@torch.no_grad()
 def vae_ceilings(vae, target: Image.Image, baseline: Image.Image) -> tuple[Image.Image, Image.Image]:  # noqa: ANN001
     """(target encoded and decoded, baseline + decoded(target) - decoded(baseline)) through `vae`."""
-    parameter = next(vae.parameters())
-    pixels = torch.stack([to_tensor(target), to_tensor(baseline)]).to(parameter.device, parameter.dtype)
-    decoded = vae.decode(vae.encode(pixels)).float().clamp(-1, 1).cpu()
-    residual = (pixels[1].float().cpu() + decoded[0] - decoded[1]).clamp(-1, 1)
+    pixels = torch.stack([to_tensor(target), to_tensor(baseline)])
+    decoded = round_trip(vae, pixels)
+    residual = (pixels[1] + decoded[0] - decoded[1]).clamp(-1, 1)
     return Image.fromarray(to_uint8(decoded[0])), Image.fromarray(to_uint8(residual))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -105,10 +105,10 @@ def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int 
         probs = judge.modality_probabilities(images)
         wanted = MODALITIES.index(modality)
         real = references.get(modality, [])
-        judged = [MODALITIES[i] for i in probs.argmax(1)]
-        row: dict[str, object] = {"n": len(images), "recognised": float((probs.argmax(1) == wanted).mean()),
-                                  # what the judge read each image as: a miss shows which modality it looked like
-                                  "judged_as": {m: judged.count(m) for m in sorted(set(judged))},
+        # what the judge read each image as: a miss shows which modality it looked like
+        judged = dict(sorted(Counter(MODALITIES[i] for i in probs.argmax(1)).items()))
+        row: dict[str, object] = {"n": len(images), "recognised": judged.get(modality, 0) / len(images),
+                                  "judged_as": judged,
                                   "image_text_proxy": float(probs[:, wanted].mean()),
                                   "fid_proxy": _fid(judge, images, [i for _, i in real]),
                                   "fid": _fid(inception, images, [i for _, i in real]), "references": len(real),

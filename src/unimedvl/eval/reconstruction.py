@@ -45,12 +45,18 @@ def held_out_images(corpus: str | Path, splits: tuple[str, ...] = ("val", "test"
 
 
 @torch.no_grad()
+def round_trip(vae: AutoEncoder, pixels: torch.Tensor) -> torch.Tensor:
+    """Encode then decode a batch `(B, 3, H, W)` in [-1, 1] on the VAE's device and dtype -> fp32 on the CPU."""
+    parameter = next(vae.parameters())
+    return vae.decode(vae.encode(pixels.to(parameter.device, parameter.dtype))).float().clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
 def reconstruction_by_modality(vae: AutoEncoder, images: dict[str, torch.Tensor],
                                judge: SmallCNN | None = None) -> dict[str, Reconstruction]:
-    dtype = next(vae.parameters()).dtype
     result = {}
     for modality, pixels in images.items():
-        decoded = vae.decode(vae.encode(pixels.to(dtype))).float().clamp(-1, 1)
+        decoded = round_trip(vae, pixels)
         recognised = [None, None]
         if judge is not None:
             wanted = MODALITIES.index(modality)

@@ -171,10 +171,10 @@ class PackMaker:
                 for name, rows in index.by_source[f].items():
                     variants = set(config.natural_label_variants.get(name, ()))
                     natural = [s for s in rows if s.provenance.get("variant") in variants]
-                    balanced = [s for s in rows if s.provenance.get("variant") not in variants] if natural else rows
                     if natural:
                         self.natural[f][name] = (natural, len(natural) / len(rows))
-                    self.labels[f][name] = _by_label(balanced if balanced else rows)
+                    self.labels[f][name] = _by_label([s for s in rows if s.provenance.get("variant") not in variants]
+                                                     or rows)
 
     def make(self, step: int, pack_index: int) -> PackedBatch:
         rng = random.Random(f"{self.seed}/{step}/{pack_index}")
