@@ -6,7 +6,7 @@ from pathlib import Path
 
 from eval_helpers import LooksAtTheImage, TextOnly, write_bright_dark_set
 
-from unimedvl.eval.checks import flipped_question, sign_test_p
+from unimedvl.eval.checks import flipped_question, sign_test_p, wilson_interval
 from unimedvl.eval.runner import run_benchmark
 
 
@@ -40,3 +40,12 @@ def test_polarity_rules_and_the_sign_test() -> None:
     assert flipped_question("Does this image show a fracture?") == "Does this image show no fracture?"
     assert flipped_question("What is this?") is None
     assert sign_test_p(6, 0) == 1 / 64 and sign_test_p(0, 0) == 1.0 and sign_test_p(1, 1) == 0.75
+
+
+def test_wilson_intervals_match_published_values() -> None:
+    # Newcombe (1998), Table I: 81/263 -> 0.2553-0.3662; 0/10 -> 0-0.2775; 15/148 -> 0.0624-0.1605
+    for (k, n), (low, high) in {(81, 263): (0.2553, 0.3662), (0, 10): (0.0, 0.2775), (15, 148): (0.0624, 0.1605)}.items():
+        got = wilson_interval(k, n)
+        assert abs(got[0] - low) < 5e-4 and abs(got[1] - high) < 5e-4, (k, n, got)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) is None
+    assert wilson_interval(24, 32)[0] < 0.8 < wilson_interval(24, 32)[1]  # 0.75 of 32 images: 0.8 not ruled out

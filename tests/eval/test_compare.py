@@ -23,7 +23,12 @@ def test_two_models_side_by_side_with_their_checks_and_phrasings(tmp_path: Path,
     assert (tmp_path / "tables.md").read_text() == text
     summary = text.split("Accuracy per phrasing")[0]
     v1, v2 = table_row(summary, "bright", "v1"), table_row(summary, "bright", "v2")
-    assert v2[3] == f"{100 * looks['accuracy']:.1f}" == "100.0" and v1[3] == f"{100 * blind['accuracy']:.1f}"
+    low, high = looks["accuracy_interval"]
+    assert v2[3] == f"100.0 ({100 * low:.1f}-100.0)" and looks["accuracy"] == 1.0 and low < 1.0
+    assert v1[3].startswith(f"{100 * blind['accuracy']:.1f} (")
+    # "always yes" is right where the guesser ("no") is wrong and the other way round: not above it; reading the image is
+    p_above = {run: float(cells[4].split("(p ")[1].rstrip(")")) for run, cells in (("v1", v1), ("v2", v2))}
+    assert v1[4].startswith("50.0 (p ") and p_above["v1"] > 0.5 and p_above["v2"] < 0.05
     assert v2[5].endswith("(pass)") and v1[5].endswith("(FAIL)")  # image dependence
     agreement = blind["checks"]["phrasing"]["agreement"]
     assert v1[6] == f"{100 * agreement:.1f}% of 12 (FAIL)" and v2[6] == "100.0% of 12 (pass)"

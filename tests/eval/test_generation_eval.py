@@ -69,12 +69,15 @@ def test_generation_and_counterfactual_commands(tmp_path: Path, fixture_dir: Pat
     for modality, per in results["per_modality"].items():  # every image read as one modality, hits counted
         assert sum(per["judged_as"].values()) == per["n"] and set(per["judged_as"]) <= set(MODALITIES)
         assert per["judged_as"].get(modality, 0) / per["n"] == per["recognised"]
+        low, high = per["recognised_interval"]  # 95 % Wilson interval of 4 images: wide, around the share
+        assert 0 <= low <= per["recognised"] <= high <= 1 and high - low > 0.4
     assert len(list((tmp_path / "g" / "images").glob("*.png"))) == 18
     distance = results["distance"]
     assert 0 < distance["between_prompts_same_seed"] < 1 and 0 < distance["between_seeds_same_prompt"] < 1
     tables = compare(parse_runs([f"tiny={tmp_path / 'g'}"]))  # `eval compare` reads the run as generation
     cells = dict(zip(table_row(tables, "model", "size"), table_row(tables, "tiny", "32")))
-    assert cells["chest_xray"] == f"{row['recognised']:.2f}" and cells["pneumonia AUROC"] == f"{row['pneumonia_auroc']:.2f}"
+    low, high = row["recognised_interval"]
+    assert cells["chest_xray"] == f"{row['recognised']:.2f} ({low:.2f}-{high:.2f})" and cells["pneumonia AUROC"] == f"{row['pneumonia_auroc']:.2f}"
     assert main(["eval", "counterfactual", "--limit", "4", "--steps", "2", "-c", str(fixture_dir),
                  "--out", str(tmp_path / "c")]) == 0
     cf = json.loads((tmp_path / "c" / "results.json").read_text())

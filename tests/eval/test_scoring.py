@@ -55,3 +55,10 @@ def test_accuracy_equals_a_hand_count(tmp_path: Path) -> None:
     assert result["breakdowns"]["answer_type"]["choice"] == {"n": 2, "accuracy": 0.5}
     assert result["open_token_recall"] == 1.0
     assert result["majority_baseline"]["n"] == 4  # closed + choice questions
+    low, high = result["accuracy_interval"]
+    assert low < 0.6 < high and high - low > 0.4  # 3 of 5 questions decide little
+    # Ties go to the first answer alphabetically: the guesser says "no" (right on 2) and "B" (right on 4); the
+    # model is right on 1 and 4. Paired: one question each way, so nothing says the model is above the guesser.
+    base = result["majority_baseline"]
+    assert base["answers"] == {"choice": "b", "yes/no": "no"}
+    assert (base["model_only_right"], base["baseline_only_right"], base["p_above"]) == (1, 1, 0.75)

@@ -83,7 +83,13 @@ def _data_dir(benchmark, data: Optional[Path]) -> Path:  # noqa: ANN001
 def _summary(results: dict) -> str:
     if "metrics" in results:
         return ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in results["metrics"].items())
+    interval = results.get("accuracy_interval")
     line = f"accuracy {results['accuracy']:.3f} on {results['n']} items"
+    if interval:
+        line += f" (95 % interval {interval[0]:.3f}-{interval[1]:.3f})"
+    base = results.get("majority_baseline") or {}
+    if "p_above" in base:
+        line += f"; majority {base['accuracy']:.3f} (p {base['p_above']:.2g} that the model is above it)"
     for name, check in results.get("checks", {}).items():
         line += f"; {name} {'pass' if check['passed'] else 'FAIL'}"
     return line
@@ -197,6 +203,7 @@ def generation(
     """Text-to-image against real held-out images: proxy FID, recognition, proxy image-text score."""
     from unimedvl.errors import InputError
     from unimedvl.eval.generation_bench import evaluate_generation
+    from unimedvl.eval.report import with_interval
     from unimedvl.eval.runner import log_progress
     from unimedvl.inference.engine import check_generation_size
     from unimedvl.model.sampling import GuidanceOptions
@@ -214,7 +221,8 @@ def generation(
     for modality, row in results["per_modality"].items():
         fid = "n/a (no bundled real images)" if row["fid_proxy"] is None else f"{row['fid_proxy']:.1f}"
         misses = ", ".join(f"{m} {n}" for m, n in row["judged_as"].items() if m != modality) or "none"
-        print(f"{modality}: recognised {row['recognised']:.2f} (misses read as: {misses}), image-text proxy "
+        recognised = with_interval(row["recognised"], row.get("recognised_interval"), percent=False)
+        print(f"{modality}: recognised {recognised} (misses read as: {misses}), image-text proxy "
               f"{row['image_text_proxy']:.3f}, FID proxy {fid}")
     distance = results["distance"]
     print(f"pixel distance: different prompts, same seed {distance['between_prompts_same_seed']:.3f}; "

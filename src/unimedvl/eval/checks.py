@@ -120,6 +120,20 @@ def sign_test_p(better: int, worse: int) -> float:
     return sum(math.comb(n, k) for k in range(better, n + 1)) / 2**n
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float] | None:
+    """The 95 % Wilson score interval `[low, high]` of a proportion (None for n = 0).
+
+    Held-out sets here are small (78 breast images, 32 seeds per modality), so a rate is reported with the
+    range it could have come from; unlike the normal approximation it stays inside [0, 1] at 0 or n successes.
+    """
+    if n <= 0:
+        return None
+    rate, spread = successes / n, z * z / n
+    centre = (rate + spread / 2) / (1 + spread)
+    half = z * math.sqrt(rate * (1 - rate) / n + spread / (4 * n)) / (1 + spread)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One answered item: its id, the original item's id, the variant, whether it was right, and its yes/no verdict."""

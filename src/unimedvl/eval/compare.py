@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unimedvl.errors import InputError
-from unimedvl.eval.report import check_cells
+from unimedvl.eval.report import above_majority, check_cells, with_interval
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ def understanding_tables(runs: list[Run]) -> list[str]:
                 continue
             checks = r.get("checks", {})
             phr = checks.get("phrasing")
-            summary.append([name, run.label, str(r["n"]), _pct(r["accuracy"]),
-                            _pct((r.get("majority_baseline") or {}).get("accuracy")), *check_cells(checks)])
+            summary.append([name, run.label, str(r["n"]), with_interval(r["accuracy"], r.get("accuracy_interval")),
+                            above_majority(r.get("majority_baseline") or {}), *check_cells(checks)])
             breakdowns = r.get("breakdowns", {})
             if phr and phr.get("n"):
                 per = phr["accuracy_per_phrasing"]
@@ -101,7 +101,8 @@ def understanding_tables(runs: list[Run]) -> list[str]:
             elif len(breakdowns.get("modality", {})) > 1:
                 groups[run.label] = breakdowns["modality"]
     lines = ["## Understanding (`unimedvl eval all`)", ""]
-    lines += _table(["benchmark", "model", "n", "accuracy", "majority", "real / blank / noise", "phrasing agreement",
+    lines += _table(["benchmark", "model", "n", "accuracy (95 % interval)", "majority (p model above)",
+                     "real / blank / noise", "phrasing agreement",
                      "native / half / 28 px"], summary)
     if phrasing:
         lines += ["", "Accuracy per phrasing (paraphrases 1 and 2: phrasings no training template produces):", ""]
@@ -124,10 +125,12 @@ def generation_tables(runs: list[Run]) -> list[str]:
         auroc = per.get("chest_xray", {}).get("pneumonia_auroc")
         d_prompts, d_seeds = distance.get("between_prompts_same_seed"), distance.get("between_seeds_same_prompt")
         rows.append([run.label, str(run.results.get("size", "-")),
-                     *(f"{per[m]['recognised']:.2f}" if m in per else "-" for m in modalities),
+                     *(with_interval(per[m]["recognised"], per[m].get("recognised_interval"), percent=False)
+                       if m in per else "-" for m in modalities),
                      "-" if auroc is None else f"{auroc:.2f}",
                      f"{'-' if d_prompts is None else f'{d_prompts:.3f}'} / {'-' if d_seeds is None else f'{d_seeds:.3f}'}"])
-    return ["## Generation (`unimedvl eval generation`): share recognised by the judge as the requested modality", "",
+    return ["## Generation (`unimedvl eval generation`): share recognised by the judge as the requested modality "
+            "(95 % interval)", "",
             *_table(["model", "size", *modalities, "pneumonia AUROC", "distance prompts / seeds"], rows)]
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from unimedvl.assets import EVAL_SETS
 from unimedvl.data.schema import MODALITIES
 from unimedvl.eval.benchmarks import bundled
+from unimedvl.eval.checks import wilson_interval
 from unimedvl.eval.features import JudgeExtractor, auroc, f1
 from unimedvl.eval.metrics.image import frechet_distance
 from unimedvl.eval.metrics.text import bleu, meteor, rouge_l
@@ -107,7 +108,9 @@ def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int 
         real = references.get(modality, [])
         # what the judge read each image as: a miss shows which modality it looked like
         judged = dict(sorted(Counter(MODALITIES[i] for i in probs.argmax(1)).items()))
-        row: dict[str, object] = {"n": len(images), "recognised": judged.get(modality, 0) / len(images),
+        recognised = judged.get(modality, 0)
+        row: dict[str, object] = {"n": len(images), "recognised": recognised / len(images),
+                                  "recognised_interval": wilson_interval(recognised, len(images)),
                                   "judged_as": judged,
                                   "image_text_proxy": float(probs[:, wanted].mean()),
                                   "fid_proxy": _fid(judge, images, [i for _, i in real]),

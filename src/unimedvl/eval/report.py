@@ -15,6 +15,21 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def with_interval(value: float | None, interval: list[float] | None, *, percent: bool = True) -> str:
+    """"73.1 (66.0-79.5)": a rate and its 95 % interval (runs written before intervals were kept show the rate)."""
+    show = (lambda v: "n/a" if v is None else f"{100 * v:.1f}") if percent else (lambda v: f"{v:.2f}")
+    if value is None or not interval:
+        return show(value)
+    return f"{show(value)} ({show(interval[0])}-{show(interval[1])})"
+
+
+def above_majority(base: dict) -> str:
+    """The majority baseline's accuracy and the paired p that the model is above it: "73.1 (p 0.50)"."""
+    if not base:
+        return "n/a"
+    return _pct(base.get("accuracy")) + (f" (p {base['p_above']:.2g})" if "p_above" in base else "")
+
+
 def _chart(path: Path, title: str, values: dict[str, dict]) -> None:
     names = list(values)
 
@@ -72,10 +87,12 @@ def write_report(out: Path, results: dict, benchmark: Benchmark) -> None:
         atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
         return
     base = results.get("majority_baseline") or {}
-    lines += ["| model | accuracy (%) |", "|---|---|", f"| **{model}** (this run) | **{_pct(results['accuracy'])}** |"]
+    accuracy = with_interval(results["accuracy"], results.get("accuracy_interval"))
+    lines += ["| model | accuracy (%), 95 % interval |", "|---|---|", f"| **{model}** (this run) | **{accuracy}** |"]
     if base:
         said = ", ".join(f"{k}: \"{v}\"" for k, v in base["answers"].items())
-        lines.append(f"| always the most common reference answer ({said}) | {_pct(base['accuracy'])} |")
+        lines.append(f"| always the most common reference answer ({said}); p that the model is above it "
+                     f"| {above_majority(base)} |")
     lines += [f"| {name} (published) | {value:.1f} |" for name, value in benchmark.reference.items()]
     if benchmark.reference:
         lines += ["", f"Published numbers: {benchmark.reference_source}; other splits, prompts and judges than this "
@@ -106,13 +123,15 @@ def write_report(out: Path, results: dict, benchmark: Benchmark) -> None:
 
 
 def write_combined(out: Path, rows: list[tuple[Benchmark, dict]]) -> None:
-    lines = ["# unimedvl eval all", "", "| benchmark | n | accuracy (%) | majority (%) | image dependence: real / blank / "
+    lines = ["# unimedvl eval all", "", "| benchmark | n | accuracy (%), 95 % interval | majority (%), p model above "
+             "| image dependence: real / blank / "
              "noise | phrasing agreement | resolution: native / half / 28 px |", "|---|---|---|---|---|---|---|"]
     for benchmark, r in rows:
         if "metrics" in r:
             lines.append(f"| {benchmark.name} | {r['n']} | ROUGE-L {r['metrics']['rouge_l']:.3f} | | | | |")
             continue
         base = r.get("majority_baseline") or {}
-        lines.append(f"| {benchmark.name} | {r['n']} | {_pct(r['accuracy'])} | {_pct(base.get('accuracy'))} | "
+        lines.append(f"| {benchmark.name} | {r['n']} | {with_interval(r['accuracy'], r.get('accuracy_interval'))} | "
+                     f"{above_majority(base)} | "
                      + " | ".join(check_cells(r.get("checks", {}))) + " |")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -167,7 +167,10 @@ def _answer_group(row: dict) -> str:
 
 def majority_baseline(rows: list[dict]) -> dict[str, object] | None:
     """Always giving the most common reference answer of each answer group (yes / no questions, other closed
-    questions, multiple-choice letters): the bar a guesser that ignores the image reaches."""
+    questions, multiple-choice letters): the bar a guesser that ignores the image reaches.
+
+    Whether the model is above it is tested on the same questions, paired: the questions only the model
+    answers right against those only the guesser does (one-sided exact McNemar, `p_above`)."""
     scored = [r for r in rows if r["kind"] in ("closed", "choice")]
     if not scored:
         return None
@@ -177,7 +180,11 @@ def majority_baseline(rows: list[dict]) -> dict[str, object] | None:
         counts = Counter(normalise(r["answer"]) for r in scored if _answer_group(r) == group)
         top = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         answers[group], right = top[0], right + top[1]
-    return {"answers": answers, "accuracy": right / len(scored), "n": len(scored)}
+    guessed = [(bool(r.get("correct")), normalise(r["answer"]) == answers[_answer_group(r)]) for r in scored]
+    model_only = sum(model and not guess for model, guess in guessed)
+    baseline_only = sum(guess and not model for model, guess in guessed)
+    return {"answers": answers, "accuracy": right / len(scored), "n": len(scored), "model_only_right": model_only,
+            "baseline_only_right": baseline_only, "p_above": checks_mod.sign_test_p(model_only, baseline_only)}
 
 
 # The fields `record_for` writes itself; every other field of a record is one of the benchmark's groups.
@@ -195,6 +202,8 @@ def summarise(benchmark: Benchmark, rows: list[dict], check_rows: dict[str, list
         result["metrics"] = report_metrics([r["prediction"] for r in rows], [r["answer"] for r in rows])
         return result
     result["accuracy"] = _rate(rows)
+    answered = [r["correct"] for r in rows if r.get("correct") is not None]
+    result["accuracy_interval"] = checks_mod.wilson_interval(sum(answered), len(answered))  # per question, 95 %
     result["by_kind"] = {k: {"n": sum(r["kind"] == k for r in rows), "accuracy": _rate([r for r in rows if r["kind"] == k])}
                          for k in sorted({r["kind"] for r in rows})}
     if any(r["kind"] == "open" for r in rows):
