@@ -18,6 +18,7 @@ def test_a_text_only_model_fails_every_check(tmp_path: Path) -> None:
     assert not checks["image_dependence"]["passed"]
     assert checks["image_dependence"]["blank"]["accuracy"] == results["accuracy"]
     assert not checks["phrasing"]["passed"] and checks["phrasing"]["agreement"] == 0.0
+    assert set(checks["phrasing"]["not_yes_no"].values()) == {0}  # it always says yes or no, just not from the image
     assert not checks["resolution"]["passed"]
     assert "| image dependence |" in (tmp_path / "out" / "report.md").read_text()
 
@@ -49,3 +50,20 @@ def test_wilson_intervals_match_published_values() -> None:
         assert abs(got[0] - low) < 5e-4 and abs(got[1] - high) < 5e-4, (k, n, got)
     assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) is None
     assert wilson_interval(24, 32)[0] < 0.8 < wilson_interval(24, 32)[1]  # 0.75 of 32 images: 0.8 not ruled out
+
+
+def test_answers_that_are_neither_yes_nor_no_are_counted_per_phrasing(tmp_path: Path) -> None:
+    class NamesTheClass(LooksAtTheImage):  # reads the image, but answers an unseen phrasing with a class name
+        def predict(self, requests):  # noqa: ANN001, ANN201
+            answers = super().predict(requests)
+            return ["Bright." if "Answer yes or no" in r.prompt else a for r, a in zip(requests, answers)]
+
+    benchmark = write_bright_dark_set(tmp_path / "set")
+    phrasing = run_benchmark(benchmark, benchmark.bundled, NamesTheClass(), tmp_path / "out")["checks"]["phrasing"]
+    # only paraphrase 2, "Is the image bright? Answer yes or no.", gets "Bright.": on every item, and counted wrong
+    assert phrasing["not_yes_no"] == {"original": 0, "paraphrase 1": 0, "paraphrase 2": phrasing["n"], "flipped": 0}
+    assert phrasing["accuracy_per_phrasing"]["paraphrase 2"] == 0.0 and not phrasing["passed"]
+    assert "answered neither yes nor no" in (tmp_path / "out" / "report.md").read_text()
+    from unimedvl.eval.compare import compare, parse_runs
+
+    assert f"| 0.0 ({phrasing['n']} not yes / no) |" in compare(parse_runs([f"v={tmp_path / 'out'}"]))

@@ -178,7 +178,11 @@ def summarise_phrasing(base: dict[str, Outcome], rows: list[Outcome]) -> dict:
     per = {"original": _accuracy([base[i] for i in by_item])}
     per.update({name: _accuracy([r for r in rows if r.variant == name]) for name in names})
     agreement = consistent / len(by_item) if by_item else None
-    return {"n": len(by_item), "agreement": agreement, "accuracy_per_phrasing": per,
+    # Answers that say neither yes nor no ("Pneumonia." to "Is pneumonia visible?"): a wrong answer format,
+    # not a wrong reading of the image; counted apart so the two failures are not confused.
+    off_format = {"original": sum(base[i].verdict is None for i in by_item)}
+    off_format.update({name: sum(r.verdict is None for r in rows if r.variant == name) for name in names})
+    return {"n": len(by_item), "agreement": agreement, "accuracy_per_phrasing": per, "not_yes_no": off_format,
             "flipped": sum(r.variant == "flipped" for r in rows),
             "passed": agreement is not None and agreement >= 0.9,
             "rule": "the same verdict under every phrasing (flipped polarity inverted) on at least 90% of items"}

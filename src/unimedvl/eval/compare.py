@@ -78,6 +78,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+PHRASINGS = ("original", "paraphrase 1", "paraphrase 2", "flipped")
+
+
+def _phrasing_cell(phrasing: dict, variant: str) -> str:
+    """Accuracy under one phrasing, and how many answers said neither yes nor no ("57.7 (26 not yes / no)")."""
+    off = phrasing.get("not_yes_no", {}).get(variant)
+    return _pct(phrasing["accuracy_per_phrasing"].get(variant)) + (f" ({off} not yes / no)" if off else "")
+
+
 def understanding_tables(runs: list[Run]) -> list[str]:
     names = list(dict.fromkeys(name for run in runs for name in run.results))
     summary, phrasing, groups = [], [], {}
@@ -92,11 +101,9 @@ def understanding_tables(runs: list[Run]) -> list[str]:
                             above_majority(r.get("majority_baseline") or {}), *check_cells(checks)])
             breakdowns = r.get("breakdowns", {})
             if phr and phr.get("n"):
-                per = phr["accuracy_per_phrasing"]
                 class_name = breakdowns.get("question_type", {}).get("class name", {})
                 labels = ", ".join(f"{k} {_pct(v['accuracy'])}" for k, v in breakdowns.get("label", {}).items())
-                phrasing.append([name, run.label, _pct(per.get("original")), _pct(per.get("paraphrase 1")),
-                                 _pct(per.get("paraphrase 2")), _pct(per.get("flipped")),
+                phrasing.append([name, run.label, *(_phrasing_cell(phr, v) for v in PHRASINGS),
                                  _pct(class_name.get("accuracy")), labels or "-"])
             elif len(breakdowns.get("modality", {})) > 1:
                 groups[run.label] = breakdowns["modality"]

@@ -55,7 +55,9 @@ def check_lines(checks: dict) -> list[str]:
     if "phrasing" in checks:
         c = checks["phrasing"]
         per = ", ".join(f"{k} {_pct(v)}" for k, v in c["accuracy_per_phrasing"].items())
-        lines.append(f"| phrasing consistency | agreement {_pct(c['agreement'])} on {c['n']} yes/no items; {per} | "
+        off = ", ".join(f"{k} {n}" for k, n in c.get("not_yes_no", {}).items() if n)
+        off = f"; answered neither yes nor no: {off}" if off else ""
+        lines.append(f"| phrasing consistency | agreement {_pct(c['agreement'])} on {c['n']} yes/no items; {per}{off} | "
                      f"{'pass' if c['passed'] else 'FAIL'} |")
     if "resolution" in checks:
         c = checks["resolution"]
