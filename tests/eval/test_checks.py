@@ -7,6 +7,7 @@ from pathlib import Path
 from eval_helpers import LooksAtTheImage, TextOnly, write_bright_dark_set
 
 from unimedvl.eval.checks import flipped_question, sign_test_p, wilson_interval
+from unimedvl.eval.compare import compare, parse_runs
 from unimedvl.eval.runner import run_benchmark
 
 
@@ -64,6 +65,4 @@ def test_answers_that_are_neither_yes_nor_no_are_counted_per_phrasing(tmp_path: 
     assert phrasing["not_yes_no"] == {"original": 0, "paraphrase 1": 0, "paraphrase 2": phrasing["n"], "flipped": 0}
     assert phrasing["accuracy_per_phrasing"]["paraphrase 2"] == 0.0 and not phrasing["passed"]
     assert "answered neither yes nor no" in (tmp_path / "out" / "report.md").read_text()
-    from unimedvl.eval.compare import compare, parse_runs
-
     assert f"| 0.0 ({phrasing['n']} not yes / no) |" in compare(parse_runs([f"v={tmp_path / 'out'}"]))

@@ -17,7 +17,7 @@ def _pct(value: float | None) -> str:
 
 def with_interval(value: float | None, interval: list[float] | None, *, percent: bool = True) -> str:
     """"73.1 (66.0-79.5)": a rate and its 95 % interval (runs written before intervals were kept show the rate)."""
-    show = (lambda v: "n/a" if v is None else f"{100 * v:.1f}") if percent else (lambda v: f"{v:.2f}")
+    show = _pct if percent else (lambda v: f"{v:.2f}")
     if value is None or not interval:
         return show(value)
     return f"{show(value)} ({show(interval[0])}-{show(interval[1])})"

@@ -201,8 +201,8 @@ def summarise(benchmark: Benchmark, rows: list[dict], check_rows: dict[str, list
 
         result["metrics"] = report_metrics([r["prediction"] for r in rows], [r["answer"] for r in rows])
         return result
-    result["accuracy"] = _rate(rows)
     answered = [r["correct"] for r in rows if r.get("correct") is not None]
+    result["accuracy"] = sum(answered) / len(answered) if answered else None  # as `_rate(rows)`
     result["accuracy_interval"] = checks_mod.wilson_interval(sum(answered), len(answered))  # per question, 95 %
     result["by_kind"] = {k: {"n": sum(r["kind"] == k for r in rows), "accuracy": _rate([r for r in rows if r["kind"] == k])}
                          for k in sorted({r["kind"] for r in rows})}
