@@ -174,11 +174,11 @@ class UniMedVL:
         return self.model.new_cache()
 
     @torch.no_grad()
-    def add_text(self, context: KVCache, text: str) -> torch.Tensor:
-        """Append `<|im_start|> text <|im_end|>`; returns the block's final hidden states."""
+    def add_text(self, context: KVCache, text: str) -> None:
+        """Append `<|im_start|> text <|im_end|>` to the context (its keys and values; no hidden states are kept)."""
         ids = self.tokenizer.frame(text)
         self._check_context(context, len(ids), "the prompt")
-        return self.model.prefill_text(context, torch.tensor(ids, dtype=torch.long))
+        self.model.prefill_text(context, torch.tensor(ids, dtype=torch.long), keep_last=0)
 
     def _check_context(self, context: KVCache, extra: int, what: str) -> None:
         """Refuse a context that would outgrow the model's positions (attention cost grows with its square)."""

@@ -52,6 +52,17 @@ class Routing:
             return self.und_rows is not None
         return None
 
+    def last(self, keep: int, total: int) -> "Routing":
+        """The routing of the last `keep` of `total` rows (a block whose earlier rows' outputs are not needed)."""
+        if self.single_expert is not None:
+            return self
+        offset = total - keep
+        und = self.und_rows[self.und_rows >= offset] - offset
+        gen = self.gen_rows[self.gen_rows >= offset] - offset
+        if not gen.numel():
+            return Routing()  # all understanding
+        return Routing(und_rows=und, gen_rows=gen if und.numel() else None)  # mixed, or all generation
+
     def apply(self, x: torch.Tensor, und: Callable[[torch.Tensor], torch.Tensor],
               gen: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if self.single_expert is not None:
@@ -136,20 +147,26 @@ class MoTAttention(nn.Module):
         self.o_proj_moe_gen = Linear(h, h, bias=False)
         self.q_norm_moe_gen, self.k_norm_moe_gen = RMSNorm(d, eps=eps), RMSNorm(d, eps=eps)
 
-    def _qkv_parts(self, x: torch.Tensor, *, gen: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _q(self, x: torch.Tensor, *, gen: bool) -> torch.Tensor:
+        q_proj, q_norm = (self.q_proj_moe_gen, self.q_norm_moe_gen) if gen else (self.q_proj, self.q_norm)
+        return q_norm(q_proj(x).view(x.shape[0], self.num_heads, self.head_dim))
+
+    def _kv_parts(self, x: torch.Tensor, *, gen: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if gen:
-            q_proj, k_proj, v_proj = self.q_proj_moe_gen, self.k_proj_moe_gen, self.v_proj_moe_gen
-            q_norm, k_norm = self.q_norm_moe_gen, self.k_norm_moe_gen
+            k_proj, v_proj, k_norm = self.k_proj_moe_gen, self.v_proj_moe_gen, self.k_norm_moe_gen
         else:
-            q_proj, k_proj, v_proj, q_norm, k_norm = self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
+            k_proj, v_proj, k_norm = self.k_proj, self.v_proj, self.k_norm
         n = x.shape[0]
-        q = q_norm(q_proj(x).view(n, self.num_heads, self.head_dim))
-        k = k_norm(k_proj(x).view(n, self.num_kv_heads, self.head_dim))
-        v = v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        return q, k, v
+        return k_norm(k_proj(x).view(n, self.num_kv_heads, self.head_dim)), v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+
+    def _qkv_parts(self, x: torch.Tensor, *, gen: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (self._q(x, gen=gen), *self._kv_parts(x, gen=gen))
 
     def _qkv(self, x: torch.Tensor, *, gen: bool) -> torch.Tensor:
         return torch.cat(self._qkv_parts(x, gen=gen), dim=1)  # [n, Hq + 2*Hkv, D], for mixed-expert blocks
+
+    def _kv(self, x: torch.Tensor, *, gen: bool) -> torch.Tensor:
+        return torch.cat(self._kv_parts(x, gen=gen), dim=1)  # [n, 2*Hkv, D], for mixed-expert blocks
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: tuple[KVBlock, ...]
                      ) -> torch.Tensor:
@@ -185,7 +202,10 @@ class MoTAttention(nn.Module):
             outs.append(out[0].transpose(0, 1).reshape(m, -1))
         return torch.cat(outs)
 
-    def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: BlockInputs, keep: int | None = None) -> torch.Tensor:
+        """Attention output after o_proj `[L, H]`; with `keep`, of the block's last `keep` rows only (see `forward_last`)."""
+        if keep is not None and keep < x.shape[0]:
+            return self.forward_last(x, inputs, keep)
         routing = inputs.routing
         if routing.single_expert is not None:  # one expert: no joined copy of q, k, v
             q, k, v = self._qkv_parts(x, gen=routing.single_expert)
@@ -200,15 +220,41 @@ class MoTAttention(nn.Module):
                                         self.o_proj_moe_gen)
         return inputs.routing.apply(self.attend(q, k, v, inputs), self.o_proj, self.o_proj_moe_gen)
 
+    def forward_last(self, x: torch.Tensor, inputs: BlockInputs, keep: int) -> torch.Tensor:
+        """A cached block of which only the last `keep` rows' outputs are needed (a prefill's last layer).
+
+        Every row's key and value enter the cache, exactly as `forward` computes them; queries,
+        attention and o_proj run for the kept rows alone -> `[keep, H]` (`keep` may be 0: cache only).
+        """
+        routing, n = inputs.routing, x.shape[0]
+        if routing.single_expert is not None:
+            k, v = self._kv_parts(x, gen=routing.single_expert)
+        else:
+            kv = routing.apply(x, lambda z: self._kv(z, gen=False), lambda z: self._kv(z, gen=True))
+            k, v = kv.split([self.num_kv_heads, self.num_kv_heads], dim=1)
+        k = apply_rope(k, inputs.cos, inputs.sin)
+        if keep == 0:
+            inputs.cache.layer_kv(self.layer_idx, k, v)
+            return x[:0]
+        tail = routing.last(keep, n)
+        q = tail.apply(x[n - keep:], lambda z: self._q(z, gen=False), lambda z: self._q(z, gen=True))
+        q = apply_rope(q, inputs.cos[n - keep:], inputs.sin[n - keep:])
+        return tail.apply(self.attend(q, k, v, inputs), self.o_proj, self.o_proj_moe_gen)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
-        """Joint attention of a block (keys: its cache and itself) -> `[L, Hq * D]`, before o_proj."""
+        """Joint attention of a block (keys: its cache and itself) -> `[Lq, Hq * D]`, before o_proj.
+
+        `q` may hold only the block's last rows (`forward_last`); `k` and `v` hold all of them.
+        """
         if inputs.cache is None:  # a whole packed sequence (training): keys are the block itself
             k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
         else:
             k_all, v_all = inputs.cache.layer_kv(self.layer_idx, k, v)  # [Hkv, Lk, D]
         mask = inputs.attn_mask
+        if mask is not None and q.shape[0] != k.shape[0]:
+            mask = mask[-q.shape[0]:]  # the kept queries' rows
         if inputs.cache is not None and mask is None:
-            mask = inputs.cache.key_mask(q.shape[0])  # a fork behind the store's tail: skip the owner's rows
+            mask = inputs.cache.key_mask(k.shape[0])  # a fork behind the store's tail: skip the owner's rows
         if inputs.causal:
             # SDPA takes the causal kernel for this (a dense boolean mask forces the slower masked path);
             # lower-right alignment: query r sees cached keys and block keys up to r.
@@ -234,7 +280,10 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(h, eps=config.rms_norm_eps)
         self.post_attention_layernorm_moe_gen = RMSNorm(h, eps=config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: BlockInputs, keep: int | None = None) -> torch.Tensor:
+        """`[L, H]` -> `[L, H]`; with `keep`, the outputs of the last `keep` rows only (all rows still cached)."""
+        if keep is not None and keep < x.shape[0]:
+            return self._forward_last(x, inputs, keep)
         if FUSED.applies(x, inputs):  # one decoding row: two compiled graphs where this machine runs them faster
             return FUSED(self, x, inputs, lambda row: self._forward(row, inputs))
         return self._forward(x, inputs)
@@ -245,6 +294,18 @@ class MoTDecoderLayer(nn.Module):
         x = x + self.self_attn(h, inputs)
         h = routing.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
         return x + routing.apply(h, self.mlp, self.mlp_moe_gen)
+
+    def _forward_last(self, x: torch.Tensor, inputs: BlockInputs, keep: int) -> torch.Tensor:
+        # The rows before the last `keep` need only their keys and values: no query, attention, o_proj or MLP.
+        n = x.shape[0]
+        h = inputs.routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
+        attended = self.self_attn(h, inputs, keep=keep)
+        if keep == 0:
+            return x[:0]
+        tail = inputs.routing.last(keep, n)
+        x = x[n - keep:] + attended
+        h = tail.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
+        return x + tail.apply(h, self.mlp, self.mlp_moe_gen)
 
 
 class Qwen2MoTModel(nn.Module):
@@ -261,8 +322,8 @@ class Qwen2MoTModel(nn.Module):
                 attn_mask: torch.Tensor | None = None, cache: KVBlock | None = None,
                 checkpoint_layers: bool = False, causal: bool = False,
                 row_caches: tuple[KVBlock, ...] | None = None,
-                branch_caches: tuple[KVBlock, ...] | None = None) -> torch.Tensor:
-        """Run one query block `[L, H]`; returns final-normed hidden states `[L, H]`.
+                branch_caches: tuple[KVBlock, ...] | None = None, keep_last: int | None = None) -> torch.Tensor:
+        """Run one query block `[L, H]`; returns final-normed hidden states `[L, H]` (`[keep_last, H]` with it).
 
         Args:
             embeds: input embeddings of the block.
@@ -277,6 +338,10 @@ class Qwen2MoTModel(nn.Module):
                 (the weights are read once for every row; each row attends only to its own keys).
             branch_caches: batched guidance instead of `cache`: the rows are `len(branch_caches)` equal groups,
                 group b an uncached block over the context `branch_caches[b]` (bidirectional, no mask).
+            keep_last: with `cache`, return only the last `keep_last` rows' hidden states (0: none, the block
+                only fills the cache). The last layer then computes keys and values for every row but queries,
+                attention, o_proj and MLP for the kept rows alone: a prompt prefill needs its cache and at most
+                the last row. The cache is the same as without it.
         """
         routing = Routing.from_mask(gen_mask)
         cos, sin = self.rope(position_ids, embeds.dtype)
@@ -287,16 +352,24 @@ class Qwen2MoTModel(nn.Module):
         if branch_caches is not None and (cache is not None or attn_mask is not None or causal
                                           or embeds.shape[0] % len(branch_caches)):
             raise ValueError("batched guidance takes equal row groups, one cache each, and no block cache or mask")
-        inputs = BlockInputs(routing, cos, sin, attn_mask, cache, causal=causal and embeds.shape[0] > 1,
+        n = embeds.shape[0]
+        if keep_last is not None and (cache is None or not 0 <= keep_last <= n):
+            raise ValueError(f"keep_last takes a cached block and 0..{n} rows, got {keep_last}")
+        if keep_last == n:
+            keep_last = None
+        inputs = BlockInputs(routing, cos, sin, attn_mask, cache, causal=causal and n > 1,
                              row_caches=row_caches, branch_caches=branch_caches)
         x = embeds
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
             if checkpoint_layers and torch.is_grad_enabled():
                 from torch.utils.checkpoint import checkpoint
 
                 x = checkpoint(layer, x, inputs, use_reentrant=False)
             else:
-                x = layer(x, inputs)
+                x = layer(x, inputs, keep=keep_last if index == last else None)
+        if keep_last is not None:
+            routing = routing.last(keep_last, n)
         return routing.apply(x, self.norm, self.norm_moe_gen)
 
 

@@ -15,7 +15,7 @@ The VAE lives outside this module (its weights ship separately in `ae.safetensor
 Inference is a sequence of *blocks* run against a :class:`KVCache` context. Each primitive here
 builds one block with the layout rules of `packing.py` and returns what the caller needs:
 
-    prefill_text(cache, ids)          causal text split, cached             -> hidden [T, H]
+    prefill_text(cache, ids)          causal text split, cached             -> hidden [T, H] (or the last rows)
     prefill_vit_image(cache, pixels)  ViT image split, cached               -> ViT features
     prefill_vae_image(cache, latent)  clean VAE image split (t = 0), cached
     decode_step(cache, ids)           one token, cached                     -> logits [1, V]
@@ -112,18 +112,19 @@ class UniMedVLModel(nn.Module):
         return self.language_model.lm_head(hidden)
 
     def _run_block(self, cache: KVCache, embeds: torch.Tensor, kind: SplitKind, *,
-                   gen_mask: torch.Tensor | None = None) -> torch.Tensor:
+                   gen_mask: torch.Tensor | None = None, keep_last: int | None = None) -> torch.Tensor:
         """One split `[L, H]` against the context, laid out by the rules of `packing.py`.
 
         Text is causal and image blocks bidirectional; both are committed to the cache. A noisy
-        latent block (`SplitKind.NOISE`) sees the whole context but is not cached.
+        latent block (`SplitKind.NOISE`) sees the whole context but is not cached. `keep_last`: only
+        the last rows' hidden states are returned (and computed in the last layer; see `Qwen2MoTModel`).
         """
         n = embeds.shape[0]
         positions = torch.tensor(split_positions(kind, cache.rope, n), device=self.device)
         causal = kind == SplitKind.CAUSAL  # the rule of block_attention_mask, without materialising it
         commit = kind != SplitKind.NOISE
         hidden = self.language_model.model(embeds, positions, gen_mask=gen_mask, causal=causal,
-                                           cache=cache.open_block(n, commit=commit))
+                                           cache=cache.open_block(n, commit=commit), keep_last=keep_last)
         if commit:
             cache.commit(n, rope_advance(kind, n))
         return hidden
@@ -133,9 +134,13 @@ class UniMedVLModel(nn.Module):
         return torch.cat([markers[:1], tokens, markers[1:]], dim=0)
 
     # -------------------------------------------------------------- primitives
-    def prefill_text(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
-        """Causal text block `[T]` ids (already framed by bos/eos) at RoPE rope..rope+T-1 -> hidden `[T, H]`."""
-        return self._run_block(cache, self.embed_ids(ids), SplitKind.CAUSAL)
+    def prefill_text(self, cache: KVCache, ids: torch.Tensor, *, keep_last: int | None = None) -> torch.Tensor:
+        """Causal text block `[T]` ids (already framed by bos/eos) at RoPE rope..rope+T-1 -> hidden `[T, H]`.
+
+        `keep_last=k`: the hidden states of the last k tokens only (1 for next-token logits, 0 when only the
+        cache is needed), which skips the last layer's queries, attention and MLP for the other tokens.
+        """
+        return self._run_block(cache, self.embed_ids(ids), SplitKind.CAUSAL, keep_last=keep_last)
 
     def decode_step(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
         """Feed one token `[1]`, append it to the cache, return next-token logits `[1, V]`."""
@@ -175,7 +180,7 @@ class UniMedVLModel(nn.Module):
     def prefill_vit_image(self, cache: KVCache, pixels: torch.Tensor, special: SpecialTokens) -> ImageBlockOutput:
         """ViT image block (understanding expert, bidirectional, cached) at one RoPE position; rope += 1."""
         out = self.encode_vit(pixels)
-        self._run_block(cache, self.frame_image_block(out.tokens, special), SplitKind.FULL)
+        self._run_block(cache, self.frame_image_block(out.tokens, special), SplitKind.FULL, keep_last=0)  # cache only
         return out
 
     def pack_latent(self, latent: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -192,18 +197,18 @@ class UniMedVLModel(nn.Module):
         t = torch.as_tensor(t, dtype=torch.float32, device=self.device).expand(tokens.shape[0])
         return self.vae2llm(tokens.to(self.device, dtype)) + self.time_embedder(t, dtype) + self.latent_pos_embed(pos, dtype)
 
-    def _latent_block(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens, kind: SplitKind
-                      ) -> torch.Tensor:
+    def _latent_block(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens, kind: SplitKind,
+                      keep_last: int | None = None) -> torch.Tensor:
         block = self.frame_image_block(embeds, special)
         gen_mask = torch.ones(block.shape[0], dtype=torch.bool, device=self.device)
         gen_mask[0] = gen_mask[-1] = False  # the markers stay with the understanding expert
-        return self._run_block(cache, block, kind, gen_mask=gen_mask)
+        return self._run_block(cache, block, kind, gen_mask=gen_mask, keep_last=keep_last)
 
     def prefill_vae_image(self, cache: KVCache, latent: torch.Tensor, special: SpecialTokens) -> ImageBlockOutput:
         """Clean VAE image block (latent `[z, 2h, 2w]`, t = 0), generation expert, cached; rope += 1."""
         tokens, grid = self.pack_latent(latent)
         embeds = self.embed_latents(tokens, torch.tensor(0.0), grid)
-        self._latent_block(cache, embeds, special, SplitKind.FULL)
+        self._latent_block(cache, embeds, special, SplitKind.FULL, keep_last=0)  # only its cache is needed
         return ImageBlockOutput(encoder_out=tokens, tokens=embeds)
 
     def noisy_latent_hidden(self, cache: KVCache, embeds: torch.Tensor, special: SpecialTokens) -> torch.Tensor:
