@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 from eval_helpers import LooksAtTheImage, TextOnly, write_bright_dark_set
 
 from unimedvl.eval.checks import flipped_question, sign_test_p, wilson_interval
@@ -33,6 +35,27 @@ def test_a_model_that_reads_the_image_passes_them(tmp_path: Path) -> None:
     assert dependence["passed"] and dependence["blank"]["accuracy"] == 0.5 and dependence["blank"]["p"] < 0.05
     assert checks["phrasing"]["passed"] and checks["phrasing"]["agreement"] == 1.0 and checks["phrasing"]["flipped"] == 12
     assert checks["resolution"]["passed"] and checks["resolution"]["28px"]["accuracy"] == 1.0
+
+
+def test_a_set_without_yes_no_questions_gets_no_phrasing_verdict(tmp_path: Path) -> None:
+    """Modality questions are answered with a name: the phrasing check does not apply, so it neither passes nor fails."""
+    benchmark = write_bright_dark_set(tmp_path / "set")
+    items = [json.loads(line) for line in (benchmark.bundled / "items.jsonl").read_text().splitlines()]
+    for item in items:
+        item.update(question="How bright is this image?", answer="Bright." if item["answer"] == "yes" else "Dark.")
+        del item["paraphrases"], item["flipped"]
+    (benchmark.bundled / "items.jsonl").write_text("\n".join(json.dumps(item) for item in items) + "\n")
+    results = run_benchmark(benchmark, benchmark.bundled, NamesTheBrightness(), tmp_path / "out")
+    assert results["accuracy"] == 1.0 and "phrasing" not in results["checks"]
+    assert results["checks"]["image_dependence"]["passed"] and results["checks"]["resolution"]["passed"]
+    assert "phrasing consistency" not in (tmp_path / "out" / "report.md").read_text()
+
+
+class NamesTheBrightness:
+    name = "names"
+
+    def predict(self, requests: list) -> list[str]:  # noqa: ANN001
+        return ["Bright." if float(np.asarray(r.image.convert("L")).mean()) > 140 else "Dark." for r in requests]
 
 
 def test_polarity_rules_and_the_sign_test() -> None:

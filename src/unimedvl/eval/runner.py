@@ -231,9 +231,9 @@ def summarise_checks(rows: list[dict], check_rows: dict[str, list[dict]]) -> dic
     blank = _outcomes(check_rows.get("image_dependence", []))
     if "image_dependence" in check_rows:
         out["image_dependence"] = checks_mod.summarise_image_dependence(base, blank)
-    if "phrasing" in check_rows:
-        yes_no = {r["id"]: checks_mod.Outcome(r["id"], r["id"], "original", bool(r["correct"]), r.get("verdict"))
-                  for r in rows if "verdict" in r}
+    yes_no = {r["id"]: checks_mod.Outcome(r["id"], r["id"], "original", bool(r["correct"]), r.get("verdict"))
+              for r in rows if "verdict" in r}
+    if "phrasing" in check_rows and yes_no:  # without yes / no items the check does not apply: no verdict
         out["phrasing"] = checks_mod.summarise_phrasing(yes_no, _outcomes(check_rows["phrasing"]))
     if "resolution" in check_rows and blank:
         out["resolution"] = checks_mod.summarise_resolution(base, _outcomes(check_rows["resolution"]), blank)
