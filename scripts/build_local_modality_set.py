@@ -4,8 +4,8 @@
     .venv/bin/unimedvl eval modality --data OUT -c CHECKPOINT
 
 The bundled `modality` set holds only redistributable images (chest X-ray, breast ultrasound and three MSD
-slices: 43 images, 2 of them MRI). A corpus built from research-use sets (`recipes/unimedvl-tiny/corpus.yaml`
-reads them from ../shared/data) holds held-out images of every modality; this writes up to N of them per
+slices: 43 images, 2 of them MRI). A corpus built from research-use sets (those `recipes/unimedvl-tiny/corpus.yaml`
+names) holds held-out images of every modality; this writes up to N of them per
 modality, spread over the sources in turn (seeded), as stored in the corpus (their native size, PNG without
 loss), each asked "What imaging modality is this?" (a training question) and "Which imaging technique produced
 this picture?" (a wording no training template makes), answered as the corpus' templates answer it. The
@@ -75,12 +75,11 @@ def main() -> None:
                 items.append(closed(f"{stem}/{phrasing}", f"{stem}.png", pixels, question, MODALITY_ANSWERS[modality],
                                     {"modality": modality, "source": source, "phrasing": phrasing}))
         print(f"{modality}: {len(chosen)} images from {len({c[0] for c in chosen})} sources")
-    notes = args.out.parent / f".{args.out.name}-licences.md"
-    notes.write_text("# Licences of the sources\n\n" + "\n".join(f"- {line}" for line in sorted(licences)) + "\n")
     _write(args.out, items,
            f"# modality (local): held-out images of {args.corpus.name}, split '{args.split}', at their stored size\n\n"
-           "Built by scripts/build_local_modality_set.py. Research-use images: do not redistribute.\n", [notes])
-    notes.unlink()
+           "Built by scripts/build_local_modality_set.py. Research-use images: do not redistribute.\n", [])
+    (args.out / "LICENSE.md").write_text("# Licences of the sources\n\n"
+                                        + "\n".join(f"- {line}" for line in sorted(licences)) + "\n")
     print(f"{len(items)} items -> {args.out}")
 
 

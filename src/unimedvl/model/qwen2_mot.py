@@ -204,7 +204,7 @@ class MoTAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs, keep: int | None = None) -> torch.Tensor:
         """Attention output after o_proj `[L, H]`; with `keep`, of the block's last `keep` rows only (see `forward_last`)."""
-        if keep is not None and keep < x.shape[0]:
+        if keep is not None:
             return self.forward_last(x, inputs, keep)
         routing = inputs.routing
         if routing.single_expert is not None:  # one expert: no joined copy of q, k, v
@@ -282,30 +282,21 @@ class MoTDecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs, keep: int | None = None) -> torch.Tensor:
         """`[L, H]` -> `[L, H]`; with `keep`, the outputs of the last `keep` rows only (all rows still cached)."""
-        if keep is not None and keep < x.shape[0]:
-            return self._forward_last(x, inputs, keep)
+        if keep is not None:
+            return self._forward(x, inputs, keep)
         if FUSED.applies(x, inputs):  # one decoding row: two compiled graphs where this machine runs them faster
             return FUSED(self, x, inputs, lambda row: self._forward(row, inputs))
         return self._forward(x, inputs)
 
-    def _forward(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, inputs: BlockInputs, keep: int | None = None) -> torch.Tensor:
         routing = inputs.routing
         h = routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
-        x = x + self.self_attn(h, inputs)
+        attended = self.self_attn(h, inputs, keep=keep)
+        if keep is not None:  # the earlier rows needed only their keys and values: no o_proj or MLP for them
+            routing, x = routing.last(keep, x.shape[0]), x[x.shape[0] - keep:]
+        x = x + attended
         h = routing.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
         return x + routing.apply(h, self.mlp, self.mlp_moe_gen)
-
-    def _forward_last(self, x: torch.Tensor, inputs: BlockInputs, keep: int) -> torch.Tensor:
-        # The rows before the last `keep` need only their keys and values: no query, attention, o_proj or MLP.
-        n = x.shape[0]
-        h = inputs.routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
-        attended = self.self_attn(h, inputs, keep=keep)
-        if keep == 0:
-            return x[:0]
-        tail = inputs.routing.last(keep, n)
-        x = x[n - keep:] + attended
-        h = tail.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
-        return x + tail.apply(h, self.mlp, self.mlp_moe_gen)
 
 
 class Qwen2MoTModel(nn.Module):
