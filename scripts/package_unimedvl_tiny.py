@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from unimedvl.train.curriculum import MODEL_FILES as FILES  # what a curriculum's OUT/model holds
+from unimedvl.train.curriculum import CURRICULUM_FILES, MODEL_FILES  # what a curriculum's OUT/model holds
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "src" / "unimedvl" / "assets" / "unimedvl-tiny"
@@ -31,11 +31,12 @@ def main() -> None:
     manifest = json.loads((args.run / "corpus" / "manifest.json").read_text())
     evaluation = args.evaluation.read_text() if args.evaluation else "not run"
     TARGET.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
+    files = [*MODEL_FILES, *(name for name in CURRICULUM_FILES if (model / name).is_file())]
+    for name in files:
         shutil.copy(model / name, TARGET / name)
-    size = sum((TARGET / n).stat().st_size for n in FILES)
+    size = sum((TARGET / n).stat().st_size for n in files)
     # What a rerun of the curriculum is compared against, file by file (`unimedvl train ... --check`).
-    sums = "".join(f"{hashlib.sha256((TARGET / n).read_bytes()).hexdigest()}  {n}\n" for n in FILES)
+    sums = "".join(f"{hashlib.sha256((TARGET / n).read_bytes()).hexdigest()}  {n}\n" for n in files)
     (TARGET / "SHA256SUMS").write_text(sums)
     run = json.loads((args.run / "run.json").read_text())
     seconds = sum(step["seconds"] for step in run["steps"].values())
@@ -57,7 +58,8 @@ medically meaningful beyond the simple questions and prompts it was trained on.
   images), then by the stages at a quarter of their learning rate (`optim.vit_lr_scale`);
   VAE: FLUX layout, ch 32 x [1, 1, 2, 2], 1,500 steps on batches of 16 corpus images (every source
   equally often). Generation trained at 64 and 128 px (`image_config.json` lists them; other sizes
-  warn); think mode trained (`capabilities.json`).
+  warn); think mode trained (`capabilities.json`); text-to-image samples with text guidance 6.0 unless
+  told otherwise (`sampling_config.json`, from the curriculum's `sampling`).
 - Training (`recipes/unimedvl-tiny/curriculum.yaml`, every step named there): {steps}.
   Questions: every record is asked one yes / no question about its own class and one about another,
   in phrasings drawn at random (each phrasing answered yes and no equally often, classes drawn

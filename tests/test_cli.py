@@ -25,6 +25,14 @@ def test_info_on_a_checkpoint_agrees_with_its_file(capsys, fixture_dir: Path) ->
     out = capsys.readouterr().out
     assert "total: 1.22 M parameters (1,221,056;" in out
     assert "ema.safetensors: 111 tensors, 1,221,056 values, dtype BF16" in out
+    assert "sampling: BAGEL's text-to-image and UniMedVL's editing defaults (no sampling_config.json)" in out
+
+
+def test_info_names_the_guidance_a_checkpoint_recommends(capsys) -> None:
+    from unimedvl.assets import UNIMEDVL_TINY
+
+    assert main(["info", "--checkpoint", str(UNIMEDVL_TINY)]) == 0
+    assert "sampling (sampling_config.json, over the defaults): text_to_image text_scale 6.0" in capsys.readouterr().out
 
 
 def test_ask_single_and_batch(tmp_path: Path, capsys, cxr_path: Path, mri_path: Path) -> None:

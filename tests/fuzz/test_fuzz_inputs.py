@@ -209,24 +209,28 @@ def test_recipes_and_overrides(key: str, value: str, extra: list[str]) -> None:
 
 
 CONFIG_FILES = ["llm_config.json", "vit_config.json", "vae_config.json", "image_config.json",
-                "capabilities.json", "ema.safetensors.index.json"]
+                "capabilities.json", "sampling_config.json", "ema.safetensors.index.json"]
 SHIPPED = REFERENCE_TINY.parent / "unimedvl-tiny"
 
 
 @cases(2000)
 @given(name=st.sampled_from(CONFIG_FILES), key=st.text(max_size=10) | st.sampled_from(
     ["hidden_size", "num_hidden_layers", "params", "ch_mult", "vae_max", "generation_sizes", "think", "weight_map",
-     "rope_theta", "patch_size", "default_size", "num_attention_heads"]), value=JSON_VALUES,
+     "rope_theta", "patch_size", "default_size", "num_attention_heads", "text_to_image", "editing"]),
+       value=JSON_VALUES | st.dictionaries(st.sampled_from(["text_scale", "image_scale", "interval", "num_timesteps",
+                                                            "timestep_shift", "renorm_type", "cache_interval"]),
+                                           JSON_VALUES, max_size=3),
        whole=st.booleans(), raw=st.binary(max_size=40))
 def test_checkpoint_configs(name: str, key: str, value, whole: bool, raw: bytes) -> None:
     from unimedvl.checkpoint.folder import read_think_trained
     from unimedvl.checkpoint.weights import weight_files
     from unimedvl.config import ImageConfig, UnifiedConfig
+    from unimedvl.model.sampling import SamplingDefaults
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         for file in ("llm_config.json", "vit_config.json", "vae_config.json", "image_config.json",
-                     "capabilities.json"):
+                     "capabilities.json", "sampling_config.json"):
             (folder / file).write_bytes((SHIPPED / file).read_bytes())
         path = folder / name
         if whole:
@@ -237,7 +241,7 @@ def test_checkpoint_configs(name: str, key: str, value, whole: bool, raw: bytes)
             target[key] = value
             path.write_text(json.dumps(data))
         for read in (UnifiedConfig.from_checkpoint_dir, ImageConfig.from_checkpoint_dir, read_think_trained,
-                     lambda f: weight_files(f, "ema")):
+                     SamplingDefaults.from_checkpoint_dir, lambda f: weight_files(f, "ema")):
             try:
                 read(folder)
             except UnimedvlError:

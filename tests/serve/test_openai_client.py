@@ -102,8 +102,9 @@ def test_images_generate_and_edit(client: openai.OpenAI, model: UniMedVL, mri_pa
                                     response_format="b64_json", extra_body={"num_inference_steps": 4, "seed": 3})
     images = [decode_png(d.b64_json) for d in result.data]
     assert [i.size for i in images] == [(64, 64), (64, 64)]
+    # what the checkpoint recommends (sampling_config.json: text scale 6), with the request's steps
     expected = model.generate("A brain MRI.", height=64, width=64, seed=3,
-                              guidance=GuidanceOptions.text_to_image(num_timesteps=4))
+                              guidance=GuidanceOptions.text_to_image(num_timesteps=4, text_scale=6.0))
     assert np.array_equal(np.asarray(images[0].convert("RGB")), np.asarray(expected))
     assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))  # seeds 3 and 4
     with mri_path.open("rb") as handle:

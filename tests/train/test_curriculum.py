@@ -16,7 +16,7 @@ from train_helpers import REPO
 
 from unimedvl.assets import SAMPLE_CORPUS_CONFIG, UNIMEDVL_TINY
 from unimedvl.errors import ConfigError
-from unimedvl.train.curriculum import MODEL_FILES, Curriculum
+from unimedvl.train.curriculum import CURRICULUM_FILES, MODEL_FILES, Curriculum
 
 RECIPES = REPO / "recipes" / "unimedvl-tiny"
 
@@ -47,8 +47,11 @@ def _train(curriculum: Path, out: Path, *extra: str) -> subprocess.CompletedProc
                            "--scale", "0.002", *extra], capture_output=True, text=True, timeout=600)
 
 
+SHIPPED_FILES = (*MODEL_FILES, *CURRICULUM_FILES)  # the last written from the curriculum's `sampling`
+
+
 def _digests(model: Path) -> dict[str, str]:
-    return {name: hashlib.sha256((model / name).read_bytes()).hexdigest() for name in MODEL_FILES}
+    return {name: hashlib.sha256((model / name).read_bytes()).hexdigest() for name in SHIPPED_FILES}
 
 
 @pytest.mark.slow
@@ -63,7 +66,7 @@ def test_two_runs_are_identical_resume_and_check(tmp_path: Path) -> None:
     # A second run from scratch reproduces every file; --check says so (and exits 0).
     second = _train(curriculum, tmp_path / "b", "--check", str(sums))
     assert second.returncode == 0, second.stderr[-3000:]
-    assert all(f"{name}: identical" in second.stdout for name in MODEL_FILES)
+    assert all(f"{name}: identical" in second.stdout for name in SHIPPED_FILES)
     # Against the shipped model a 0.2 % run differs, and the command says which file and exits 1.
     shipped = _train(curriculum, tmp_path / "b", "--check", str(UNIMEDVL_TINY))
     assert shipped.returncode == 1 and "ema.safetensors: DIFFERS" in shipped.stdout
@@ -84,6 +87,9 @@ def test_two_runs_are_identical_resume_and_check(tmp_path: Path) -> None:
     image_config = json.loads((tmp_path / "a" / "model" / "image_config.json").read_text())
     assert image_config["generation_sizes"] == [64, 128]
     assert json.loads((tmp_path / "a" / "model" / "capabilities.json").read_text()) == {"think": True}
+    # ... and the guidance it recommends, as the curriculum names it.
+    assert json.loads((tmp_path / "a" / "model" / "sampling_config.json").read_text()) == \
+        yaml.safe_load(curriculum.read_text())["sampling"]
 
 
 def test_the_shipped_curriculum_parses_and_names_every_step() -> None:
@@ -103,6 +109,9 @@ def test_the_shipped_curriculum_parses_and_names_every_step() -> None:
     ({"vae": {"ch": 32, "colour": 3}}, "unknown key(s) colour"),
     ({"model": {"llm": {"hidden_size": 190, "num_attention_heads": 4}}}, "model.llm"),
     ({"extra": 1}, "unknown key(s) extra"),
+    ({"sampling": [6.0]}, "sampling must map"),
+    ({"sampling": {"text_to_image": {"scale": 6.0}}}, "unknown setting(s) scale"),
+    ({"sampling": {"editing": {"image_scale": -2}}}, "scales must be >= 0"),
 ])
 def test_bad_curricula_are_refused_by_name(tmp_path: Path, change: dict, message: str) -> None:
     data = {**yaml.safe_load((RECIPES / "curriculum.yaml").read_text()), **change}

@@ -3,6 +3,8 @@
     llm_config.json, vit_config.json        model configs (reference overrides applied, config.py)
     vae_config.json                         optional; FLUX defaults otherwise
     image_config.json                       optional; the sizes a model was trained at (ImageConfig)
+    sampling_config.json                    optional; recommended guidance per call kind (SamplingDefaults)
+    capabilities.json                       optional; whether it was trained for think mode
     ema.safetensors | model.safetensors     network weights (or *_bf16 twins, or a sharded index)
     ae.safetensors                          VAE weights (needed for image generation and editing)
     tokenizer.json | vocab.json+merges.txt  Qwen2.5 tokenizer
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +30,7 @@ from unimedvl.config import ImageConfig, UnifiedConfig, VAEConfig
 from unimedvl.errors import CheckpointError, ConfigError
 from unimedvl.model.builder import build_model, build_vae
 from unimedvl.model.layers import Int8DynamicLinear, Int8Linear, cpu_has_amx, pack_int8_dynamic, quantize_linears
+from unimedvl.model.sampling import SamplingDefaults
 from unimedvl.model.unified import UniMedVLModel
 from unimedvl.model.vae import AutoEncoder
 from unimedvl.text.tokenizer import TextTokenizer
@@ -51,6 +54,7 @@ class LoadedCheckpoint:
     think_trained: bool | None = None
     mode: str = "full"  # "understanding": no generation expert, no VAE
     quantize: str | None = None  # "int8": the decoder's linear layers are int8
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)  # sampling_config.json, or none
 
 CAPABILITIES_FILE = "capabilities.json"
 
@@ -185,6 +189,7 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
     config = UnifiedConfig.from_checkpoint_dir(folder)
     dtype, compute_dtype = resolve_compute(compute, dtype, device, config.llm.hidden_size)
     image_config = ImageConfig.from_checkpoint_dir(folder)
+    sampling = SamplingDefaults.from_checkpoint_dir(folder)  # before the weights: a bad file fails fast
     tokenizer = TextTokenizer.from_dir(folder)
     if tokenizer.vocab_size > config.llm.vocab_size:
         raise CheckpointError(
@@ -222,7 +227,7 @@ def load_checkpoint(folder: str | Path, *, dtype: str | torch.dtype | None = Non
         log.info("%s", report.format())
     return LoadedCheckpoint(config=config, model=model, vae=vae, tokenizer=tokenizer, reports=reports,
                             image_config=image_config, think_trained=read_think_trained(folder), mode=mode,
-                            quantize=quantize)
+                            quantize=quantize, sampling=sampling)
 
 
 def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -89,7 +89,7 @@ def generate(
     think: bool = typer.Option(False, "--think", help="Plan in <think> tags first."),
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     compute: Optional[str] = ComputeOpt,
-    *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
+    *, guidance: dict,  # the guidance flags given, filled by with_guidance
 ) -> None:
     """Generate an image from text."""
     from unimedvl.imaging.pixels import output_format, save_image
@@ -102,8 +102,8 @@ def generate(
                           sizes.default_size if width is None else width)
     model = choice.load()
     start = time.perf_counter()
-    image = model.generate(prompt, height=height, width=width, guidance=guidance, think=think, seed=seed,
-                           progress=progress("generate"))
+    image = model.generate(prompt, height=height, width=width, guidance=model.guidance("text_to_image", **guidance),
+                           think=think, seed=seed, progress=progress("generate"))
     save_image(image, out)
     print(f"wrote {out} ({image.width}x{image.height}) in {time.perf_counter() - start:.1f} s")
 
@@ -124,7 +124,7 @@ def edit(
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
     compute: Optional[str] = ComputeOpt,
     slice_index: Optional[int] = SliceOpt, axis: int = AxisOpt, window: Optional[str] = WindowOpt,
-    *, guidance=None,  # noqa: ANN001 - filled from the guidance flags by with_guidance
+    *, guidance: dict,  # the guidance flags given, filled by with_guidance
 ) -> None:
     """Edit an image following a text instruction (text and image guidance)."""
     from unimedvl.imaging.pixels import load_image, output_format, save_image
@@ -139,8 +139,8 @@ def edit(
         check_generation_size(choice.configs()[0], height, width)
     model = choice.load()
     start = time.perf_counter()
-    result = model.edit(source, instruction, guidance=guidance, understand_first=understand_first, think=think,
-                        seed=seed, sample_posterior=sample_posterior, height=height, width=width,
+    result = model.edit(source, instruction, guidance=model.guidance("editing", **guidance),
+                        understand_first=understand_first, think=think, seed=seed, sample_posterior=sample_posterior, height=height, width=width,
                         progress=progress("edit"))
     save_image(result, out)
     resized = "" if result.size == source.size or height is not None else (

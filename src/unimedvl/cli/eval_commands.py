@@ -9,7 +9,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from unimedvl.cli.options import CheckpointOpt, DeviceOpt, DtypeOpt, ModelChoice
+from unimedvl.cli.options import CheckpointOpt, DeviceOpt, DtypeOpt, ModelChoice, guidance_options
 
 DataOpt = typer.Option(None, "--data", help="The benchmark's folder in its release layout (default: the bundled copy).")
 EndpointOpt = typer.Option(None, "--endpoint", help="Evaluate an OpenAI-compatible endpoint instead: URL#MODEL "
@@ -197,6 +197,11 @@ def generation(
     seeds: int = typer.Option(32, "--seeds", help="Images per prompt (seeds 0 .. N-1); one image is 1/N of a modality's share (on UniMedVL-tiny 8 seeds differed from 32 by up to 0.31 in a cell)."),
     steps: int = typer.Option(20, "--steps", help="Timesteps per image."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side (default: the model's)."),
+    cfg_text: Optional[float] = typer.Option(None, "--cfg-text", help="Text guidance scale (default: the "
+                                             "checkpoint's recommendation, as `unimedvl generate` uses)."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift (default: as --cfg-text)."),
+    cfg_interval: Optional[str] = typer.Option(None, "--cfg-interval", help="Guidance interval lo,hi "
+                                               "(default: as --cfg-text)."),
     extractor: Optional[Path] = ExtractorOpt,
     checkpoint: Optional[Path] = CheckpointOpt, dtype: Optional[str] = DtypeOpt, device: Optional[str] = DeviceOpt,
 ) -> None:
@@ -215,9 +220,10 @@ def generation(
     config, sizes = choice.configs()
     side = sizes.default_size if size is None else size
     check_generation_size(config, side, side)
+    overrides = guidance_options("generate", cfg_text=cfg_text, shift=shift, cfg_interval=cfg_interval)
     judge, inception = _judge(), _inception(extractor)
     results = evaluate_generation(choice.load(), judge, out, seeds=seeds, steps=steps, size=size, inception=inception,
-                                  progress=log_progress("generate"))
+                                  guidance=overrides, progress=log_progress("generate"))
     for modality, row in results["per_modality"].items():
         fid = "n/a (no bundled real images)" if row["fid_proxy"] is None else f"{row['fid_proxy']:.1f}"
         misses = ", ".join(f"{m} {n}" for m, n in row["judged_as"].items() if m != modality) or "none"
@@ -227,6 +233,9 @@ def generation(
     distance = results["distance"]
     print(f"pixel distance: different prompts, same seed {distance['between_prompts_same_seed']:.3f}; "
           f"same prompt, different seeds {distance['between_seeds_same_prompt']:.3f}")
+    used = results["guidance"]
+    print(f"sampled with text scale {used['text_scale']}, shift {used['timestep_shift']}, interval "
+          f"{used['interval']}, {used['num_timesteps']} timesteps")
     print(f"wrote {out / 'results.json'}")
 
 

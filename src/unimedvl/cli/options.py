@@ -104,7 +104,8 @@ def progress(label: str) -> Callable[[int, int], None]:
 GUIDANCE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
     ("steps", "--steps", int, "num_timesteps", "Number of timesteps (N-1 model calls). Default 50."),
     ("shift", "--shift", float, "timestep_shift", "Timestep shift. Default 3.0."),
-    ("cfg_text", "--cfg-text", float, "text_scale", "Text guidance scale. Default 4.0."),
+    ("cfg_text", "--cfg-text", float, "text_scale", "Text guidance scale. Default 4.0, or the checkpoint's "
+     "sampling_config.json (UniMedVL-tiny: 6.0)."),
     ("cfg_image", "--cfg-image", float, "image_scale", "Image guidance scale. Default 1.0 (generate), 2.0 (edit)."),
     ("cfg_interval", "--cfg-interval", str, "interval", "Guidance interval lo,hi on the shifted time."),
     ("renorm", "--renorm", str, "renorm_type", "global, channel or text_channel."),
@@ -114,8 +115,9 @@ GUIDANCE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
 )
 
 
-def guidance_options(kind: Literal["generate", "edit"], **values: Any):  # noqa: ANN201 - GuidanceOptions
-    """The defaults of `kind` (BAGEL's text-to-image or UniMedVL's editing) with the flags given."""
+def guidance_options(kind: Literal["generate", "edit"], **values: Any) -> dict[str, Any]:
+    """The guidance settings the flags give (GuidanceOptions fields), checked now, before any model loads;
+    the command lays them over the checkpoint's recommendation (`UniMedVL.guidance`)."""
     from unimedvl.errors import InputError
     from unimedvl.model.sampling import GuidanceOptions
 
@@ -133,11 +135,13 @@ def guidance_options(kind: Literal["generate", "edit"], **values: Any):  # noqa:
                 raise InputError(f"{flag} must look like 0.4,1.0, got {values[name]!r}") from None
         overrides[field_name] = value
     factory = GuidanceOptions.editing if kind == "edit" else GuidanceOptions.text_to_image
-    return factory(**overrides)
+    factory(**overrides)  # refuse bad values before loading
+    return overrides
 
 
 def with_guidance(kind: Literal["generate", "edit"]) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command the guidance flags; it receives them as one `guidance: GuidanceOptions` argument."""
+    """Give a command the guidance flags; it receives the ones given as one `guidance: dict` argument
+    (GuidanceOptions fields, for `UniMedVL.guidance`)."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         signature = inspect.signature(command, eval_str=True)

@@ -36,7 +36,6 @@ from unimedvl.eval.metrics.image import psnr, ssim
 from unimedvl.eval.reconstruction import round_trip
 from unimedvl.imaging.pixels import load_image, to_tensor, to_uint8
 from unimedvl.imaging.resize import resize_by
-from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.utils.files import atomic_write_text
 
 EDIT_TASKS = ("super_resolution", "virtual_staining", "cross_modal", "counterfactual")
@@ -81,7 +80,7 @@ def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolu
     sizes = engine.image_config.generation_sizes
     side = size or (max(sizes) if sizes else engine.image_config.default_size)
     stride = engine.config.latent_downsample
-    guidance = GuidanceOptions.editing(num_timesteps=steps, timestep_shift=1.0)
+    guidance = engine.guidance("editing", num_timesteps=steps, timestep_shift=1.0)
     baseline = BASELINE.get(task, "identity")
     per_image: list[dict] = []
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,6 @@ from unimedvl.eval.checks import wilson_interval
 from unimedvl.eval.features import JudgeExtractor, auroc, f1
 from unimedvl.eval.metrics.image import frechet_distance
 from unimedvl.eval.metrics.text import bleu, meteor, rouge_l
-from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.utils.files import atomic_write_text
 
 # One or two prompts per modality the judge knows; none is a training template verbatim.
@@ -83,11 +82,15 @@ def _extractors(judge: JudgeExtractor, inception) -> dict:  # noqa: ANN001
 
 def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int = 32, steps: int = 20,  # noqa: ANN001
                         size: int | None = None, inception=None,  # noqa: ANN001 - an InceptionExtractor
+                        guidance: dict[str, object] | None = None,
                         progress: Callable[[int, int], None] | None = None) -> dict:
+    """`guidance`: GuidanceOptions fields laid over the checkpoint's recommendation (what `unimedvl generate`
+    uses); the options sampled with are recorded in the results."""
     references = reference_images()
-    guidance = GuidanceOptions.text_to_image(num_timesteps=steps, timestep_shift=1.0, interval=(0.0, 1.0))
+    options = engine.guidance("text_to_image", **{**(guidance or {}), "num_timesteps": steps})
     total, done = sum(len(p) for p in PROMPTS.values()) * seeds, 0
     results: dict[str, object] = {"seeds": list(range(seeds)), "steps": steps, "size": size or engine.image_config.default_size,
+                                  "guidance": options.to_json_dict(),
                                   "extractors": _extractors(judge, inception), "per_modality": {}}
     (out / "images").mkdir(parents=True, exist_ok=True)
     every: dict[tuple[str, int], Image.Image] = {}
@@ -95,7 +98,7 @@ def evaluate_generation(engine, judge: JudgeExtractor, out: Path, *, seeds: int 
         made: list[tuple[str, Image.Image]] = []
         for p_index, prompt in enumerate(prompts):
             for seed in range(seeds):
-                image = engine.generate(prompt, seed=seed, height=size, width=size, guidance=guidance)
+                image = engine.generate(prompt, seed=seed, height=size, width=size, guidance=options)
                 image.save(out / "images" / f"{modality}-{p_index}-{seed}.png")
                 made.append((prompt, image))
                 every[(prompt, seed)] = image
@@ -149,7 +152,7 @@ def evaluate_counterfactual(engine, judge: JudgeExtractor, out: Path, *, steps: 
               [("pneumonia", d, i) for d, i in references["chest_xray:pneumonia"]]
     if limit:
         sources = sources[::max(1, len(sources) // limit)][:limit]
-    guidance = GuidanceOptions.editing(num_timesteps=steps)
+    guidance = engine.guidance("editing", num_timesteps=steps)
     edited, targets, explanations, references_text = [], [], [], []
     (out / "images").mkdir(parents=True, exist_ok=True)
     for n, (label, digest, image) in enumerate(sources, start=1):

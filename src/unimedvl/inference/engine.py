@@ -32,7 +32,7 @@ from unimedvl.imaging.pixels import ImageLike, load_image, to_tensor, to_uint8
 from unimedvl.imaging.resize import ResizeRule, scaled_to_stride
 from unimedvl.model.kv_cache import KVCache
 from unimedvl.model.packing import unpatchify
-from unimedvl.model.sampling import Branch, GuidanceOptions, StepRecord, sample_flow
+from unimedvl.model.sampling import Branch, GuidanceKind, GuidanceOptions, StepRecord, sample_flow
 from unimedvl.text.prompts import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 from unimedvl.utils.numbers import is_finite_number
 
@@ -149,6 +149,7 @@ class UniMedVL:
         self.image_config = image_config or loaded.image_config
         self.think_trained = loaded.think_trained
         self.load_mode, self.quantize = loaded.mode, loaded.quantize
+        self.sampling = loaded.sampling  # the checkpoint's recommended guidance (sampling_config.json)
         self._warned_sizes: set[tuple[int, int]] = set()
         # Guidance branches (2 for text-to-image, 3 for editing) in one forward (True), one by one (False),
         # or "auto": in one forward on a GPU, and on a CPU for blocks of at most CPU_BATCH_MAX_LATENTS latent
@@ -397,8 +398,8 @@ class UniMedVL:
                 "image" generates one image with guidance.
             height, width: output size; default: the last input image's (resized) size, else the
                 image config's default size (1024 for a released checkpoint).
-            guidance: sampling options; default :meth:`GuidanceOptions.editing` if an image is given,
-                else :meth:`GuidanceOptions.text_to_image`.
+            guidance: sampling options; default :meth:`guidance` ("editing" if an image is given, else
+                "text_to_image").
             think: plan first (reasoning system prompt, then decoded text added to the context).
             seed: seeds the initial noise (and text sampling, VAE posterior sampling).
             noise: explicit initial noise `[h*w, 64]` (overrides `seed` for the noise).
@@ -459,7 +460,7 @@ class UniMedVL:
             height, width = last_size or (self.image_config.default_size,) * 2
         elif height is None or width is None:
             raise InputError("give both height and width, or neither")
-        guidance = guidance or (GuidanceOptions.editing() if last_size else GuidanceOptions.text_to_image())
+        guidance = guidance or self.guidance("editing" if last_size else "text_to_image")
         image = self._generate_image(gen_ctx, text_uncond_ctx, image_uncond_ctx, height, width, guidance,
                                      generator=generator, noise=noise, progress=progress, trace=trace)
         return image, answer
@@ -523,17 +524,23 @@ class UniMedVL:
             trace.contexts = {k: (c.length, c.rope) for k, c in contexts.items()}
         return Image.fromarray(to_uint8(decoded))
 
+    def guidance(self, kind: GuidanceKind, **overrides: object) -> GuidanceOptions:
+        """Sampling options for a `kind` call ("text_to_image" or "editing"): the built-in defaults, then the
+        checkpoint's recommendation (`sampling_config.json`), then `overrides`."""
+        return self.sampling.options(kind, **overrides)
+
     def generate(self, prompt: str, *, height: int | None = None, width: int | None = None,
                  guidance: GuidanceOptions | None = None,
                  think: bool = False, seed: int | None = None, progress: ProgressFn | None = None,
                  **kwargs: object) -> Image.Image:
-        """Text-to-image. Defaults follow BAGEL's T2I settings (scale 4, interval (0.4, 1], shift 3, 50 steps);
+        """Text-to-image. Defaults follow BAGEL's T2I settings (scale 4, interval (0.4, 1], shift 3, 50 steps)
+        with the checkpoint's recommendation on top (:meth:`guidance`);
         the size defaults to the image config's (1024 for a released checkpoint, the training size for ours)."""
         _check_prompt(prompt)
         height = self.image_config.default_size if height is None else height
         width = self.image_config.default_size if width is None else width
         image, _ = self.interleave([prompt], height=height, width=width,
-                                   guidance=guidance or GuidanceOptions.text_to_image(), think=think, seed=seed,
+                                   guidance=guidance or self.guidance("text_to_image"), think=think, seed=seed,
                                    progress=progress, **kwargs)  # type: ignore[arg-type]
         assert image is not None
         return image
@@ -559,7 +566,7 @@ class UniMedVL:
                                           text_options=TextOptions(max_new_tokens=800))
             assert analysis is not None
             instruction = f"{instruction}\n\n{analysis.text}"
-        result, _ = self.interleave([source, instruction], guidance=guidance or GuidanceOptions.editing(),
+        result, _ = self.interleave([source, instruction], guidance=guidance or self.guidance("editing"),
                                     think=think, seed=seed, height=height, width=width, progress=progress,
                                     **kwargs)  # type: ignore[arg-type]
         assert result is not None

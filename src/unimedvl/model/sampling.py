@@ -17,6 +17,7 @@ rule; with text scale <= 1 the image scale does nothing):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Literal, TypeVar
 
 import torch
@@ -47,7 +48,10 @@ class GuidanceOptions:
     cache_interval: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "interval", tuple(float(v) for v in self.interval))
+        try:
+            object.__setattr__(self, "interval", tuple(float(v) for v in self.interval))
+        except (TypeError, ValueError):
+            raise InputError(f"guidance interval must be two numbers lo, hi, got {self.interval!r}") from None
         if not is_finite_number(self.num_timesteps, integer=True) or not 2 <= self.num_timesteps <= MAX_TIMESTEPS:
             raise InputError(f"num_timesteps must be an integer in [2, {MAX_TIMESTEPS}], got {self.num_timesteps!r}")
         for name in ("timestep_shift", "text_scale", "image_scale", "renorm_min"):  # inf / nan give black images
@@ -62,13 +66,20 @@ class GuidanceOptions:
             raise InputError("guidance scales must be >= 0")
         if not 0.0 <= self.renorm_min <= 1.0:
             raise InputError(f"renorm_min must lie in [0, 1], got {self.renorm_min}")
+        if len(self.interval) != 2:
+            raise InputError(f"guidance interval must be two numbers lo, hi, got {self.interval}")
         lo, hi = self.interval
-        if len(self.interval) != 2 or not 0.0 <= lo <= hi <= 1.0:
+        if not 0.0 <= lo <= hi <= 1.0:
             raise InputError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got {self.interval}")
         if not is_finite_number(self.cache_interval, integer=True) or not 1 <= self.cache_interval <= MAX_CACHE_INTERVAL:
             raise InputError(f"cache_interval must be an integer in [1, {MAX_CACHE_INTERVAL}], got {self.cache_interval!r}")
         if self.renorm_type not in ("global", "channel", "text_channel"):
             raise InputError(f"renorm_type must be global, channel or text_channel, got {self.renorm_type!r}")
+
+    def to_json_dict(self) -> dict[str, object]:
+        """The options as JSON values (for results files)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in ((f, getattr(self, f)) for f in self.__dataclass_fields__)}
 
     @classmethod
     def text_to_image(cls, **overrides: object) -> "GuidanceOptions":
@@ -81,6 +92,78 @@ class GuidanceOptions:
         base: dict[str, object] = dict(text_scale=4.0, image_scale=2.0, interval=(0.0, 1.0), renorm_type="text_channel")
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
+
+
+SAMPLING_FILE = "sampling_config.json"
+GuidanceKind = Literal["text_to_image", "editing"]
+GUIDANCE_KINDS: tuple[GuidanceKind, ...] = ("text_to_image", "editing")
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """A checkpoint's recommended sampling (`sampling_config.json`), per kind of call: fields of
+    :class:`GuidanceOptions` that replace BAGEL's text-to-image and UniMedVL's editing defaults.
+
+    A small model can want other settings than the 14B reference (UniMedVL-tiny draws the requested
+    modality more often with a stronger text guidance), so the checkpoint says so and every entry
+    point (engine, CLI, HTTP API, evaluation) starts from it; what a caller sets still wins.
+    """
+
+    text_to_image: dict[str, object] = field(default_factory=dict)
+    editing: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = set(GuidanceOptions.__dataclass_fields__)
+        for kind in GUIDANCE_KINDS:
+            values = getattr(self, kind)
+            if not isinstance(values, dict):
+                raise InputError(f"sampling defaults: {kind} must be a mapping of guidance settings, got {values!r}")
+            unknown = sorted(map(str, set(values) - names))
+            if unknown:
+                raise InputError(f"sampling defaults: {kind} has unknown setting(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(sorted(names))}")
+            self.options(kind)  # refuses out-of-range values now, not at the first generate call
+
+    def options(self, kind: GuidanceKind, **overrides: object) -> GuidanceOptions:
+        """The options of one call: the kind's built-in defaults, then this checkpoint's, then `overrides`."""
+        if kind not in GUIDANCE_KINDS:
+            raise InputError(f"guidance kind must be one of {GUIDANCE_KINDS}, got {kind!r}")
+        factory = GuidanceOptions.editing if kind == "editing" else GuidanceOptions.text_to_image
+        return factory(**{**getattr(self, kind), **overrides})
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, object]) -> "SamplingDefaults":
+        unknown = sorted(map(str, set(data) - set(GUIDANCE_KINDS)))
+        if unknown:
+            raise InputError(f"sampling defaults: unknown kind(s) {', '.join(unknown)}; known: {', '.join(GUIDANCE_KINDS)}")
+        return cls(**{kind: data.get(kind) or {} for kind in GUIDANCE_KINDS})  # type: ignore[arg-type]
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {kind: {k: list(v) if isinstance(v, tuple) else v for k, v in getattr(self, kind).items()}
+                for kind in GUIDANCE_KINDS if getattr(self, kind)}
+
+    @classmethod
+    def from_checkpoint_dir(cls, folder: str | Path) -> "SamplingDefaults":
+        """The folder's `sampling_config.json`, or no recommendation (the built-in defaults) without one."""
+        from unimedvl.errors import CheckpointError
+        from unimedvl.utils.files import read_json_object
+
+        path = Path(folder) / SAMPLING_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            return cls.from_json_dict(read_json_object(path, "sampling config"))
+        except InputError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+
+    def save_to_dir(self, folder: str | Path) -> None:
+        """Write `sampling_config.json` atomically (nothing when there is no recommendation)."""
+        import json
+
+        from unimedvl.utils.files import atomic_write_text
+
+        if self.to_json_dict():
+            atomic_write_text(Path(folder) / SAMPLING_FILE, json.dumps(self.to_json_dict(), indent=2) + "\n")
 
 
 def shift_time(t: T, shift: float) -> T:

@@ -246,13 +246,13 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
         overrides = {k: v for k, v in (("num_timesteps", steps), ("text_scale", text_scale),
                                        ("image_scale", image_scale), ("timestep_shift", shift),
                                        ("cache_interval", cache_interval)) if v is not None}
-        factory = GuidanceOptions.editing if kind == "edit" else GuidanceOptions.text_to_image
+        call = "editing" if kind == "edit" else "text_to_image"  # on top of the checkpoint's recommendation
         try:
-            options = factory(**overrides)
+            options = model.guidance(call, **overrides)
         except UnimedvlError as exc:
             raise APIError(400, str(exc)) from None
         if options.num_timesteps > settings.max_steps:
-            options = factory(**{**overrides, "num_timesteps": settings.max_steps})
+            options = model.guidance(call, **{**overrides, "num_timesteps": settings.max_steps})
         return options
 
     def output_size(size: str | None) -> tuple[int | None, int | None]:

@@ -15,7 +15,6 @@ from PIL import Image
 from unimedvl.assets import SAMPLES
 from unimedvl.imaging.pixels import load_image, save_image
 from unimedvl.inference.engine import UniMedVL
-from unimedvl.model.sampling import GuidanceOptions
 from unimedvl.utils.files import atomic_write_text
 
 QUESTIONS = (("chest_xray_nih.png", "What imaging modality is this?"),
@@ -46,7 +45,7 @@ def run_demo(model: UniMedVL, out: Path, *, steps: int = 20, size: int | None = 
         report["answers"].append({"image": name, "question": question, "answer": answer})  # type: ignore[union-attr]
     report["ask_seconds"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
-    guidance = GuidanceOptions.text_to_image(num_timesteps=steps, interval=(0.0, 1.0))
+    guidance = model.guidance("text_to_image", num_timesteps=steps)  # what `unimedvl generate` samples with
     generated = [model.generate(p, seed=0, height=size, width=size, guidance=guidance,
                                 progress=progress("generate") if progress else None) for p in PROMPTS]
     report["generate_seconds"] = round(time.perf_counter() - start, 3)
@@ -58,7 +57,7 @@ def run_demo(model: UniMedVL, out: Path, *, steps: int = 20, size: int | None = 
         side = max(sizes)
         source = source.resize((side // 2, side // 2), Image.BICUBIC)
         height = width = side
-    edited = model.edit(source, instruction, seed=0, guidance=GuidanceOptions.editing(num_timesteps=steps),
+    edited = model.edit(source, instruction, seed=0, guidance=model.guidance("editing", num_timesteps=steps),
                         height=height, width=width, progress=progress("edit") if progress else None)
     report["edit_sizes"] = {"input": list(source.size), "output": list(edited.size)}
     report["edit_seconds"] = round(time.perf_counter() - start, 3)

@@ -134,4 +134,20 @@ def describe(config: UnifiedConfig, source: str, *, folder: Path | None = None) 
             lines.append(weights_file_summary(weight_files(folder, "ema")))
         except UnimedvlError as exc:
             lines.append(f"weights file: {exc}")
+        lines.append(sampling_summary(folder))
     return lines
+
+
+def sampling_summary(folder: Path) -> str:
+    """One line: the guidance the checkpoint recommends (sampling_config.json), or that it uses the defaults."""
+    from unimedvl.errors import UnimedvlError
+    from unimedvl.model.sampling import SamplingDefaults
+
+    try:
+        recommended = SamplingDefaults.from_checkpoint_dir(folder).to_json_dict()
+    except UnimedvlError as exc:
+        return f"sampling: {exc}"
+    if not recommended:
+        return "sampling: BAGEL's text-to-image and UniMedVL's editing defaults (no sampling_config.json)"
+    parts = [f"{kind} " + ", ".join(f"{k} {v}" for k, v in values.items()) for kind, values in recommended.items()]
+    return "sampling (sampling_config.json, over the defaults): " + "; ".join(parts)

@@ -37,12 +37,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from unimedvl.config import LLMConfig, UnifiedConfig, VAEConfig, ViTConfig
-from unimedvl.errors import ConfigError
+from unimedvl.errors import ConfigError, InputError
+from unimedvl.model.sampling import SAMPLING_FILE, SamplingDefaults
 from unimedvl.train.config import TrainConfig, VitWarmup
 from unimedvl.utils.files import atomic_write_text, read_yaml_mapping
 
 MODEL_FILES = ("ema.safetensors", "ae.safetensors", "llm_config.json", "vit_config.json", "vae_config.json",
                "tokenizer.json", "image_config.json", "capabilities.json")
+# Written by the curriculum itself (from its `sampling` section), not copied from the last stage; absent when
+# the recipe recommends nothing.
+CURRICULUM_FILES = (SAMPLING_FILE,)
 _VAE_TRAINING = ("steps", "batch", "size", "lr", "source_balance")
 
 
@@ -67,12 +71,15 @@ class Curriculum:
     instruction: dict[str, Any] = field(default_factory=dict)
     vit_warmup: VitWarmup | None = None
     source: Path = Path("curriculum.yaml")
+    # the guidance recommended to users of the trained model (chosen by evaluation), written as sampling_config.json
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Curriculum":
         path = Path(path)
         data = read_yaml_mapping(path, "curriculum")
-        known = {"kind", "name", "corpus", "tokenizer", "vae", "model", "instruction_corpus", "vit_warmup", "stages"}
+        known = {"kind", "name", "corpus", "tokenizer", "vae", "model", "instruction_corpus", "vit_warmup", "stages",
+                 "sampling"}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"{path.name}: unknown key(s) {', '.join(unknown)}")
@@ -97,10 +104,19 @@ class Curriculum:
         warmup = data.get("vit_warmup")
         if warmup is not None and not isinstance(warmup, dict):
             raise ConfigError(f"{path.name}: vit_warmup must be a mapping of settings, got {warmup!r}")
+        sampling = data.get("sampling") or {}
+        if not isinstance(sampling, dict):
+            raise ConfigError(f"{path.name}: sampling must map text_to_image / editing to guidance settings, "
+                              f"got {sampling!r}")
+        try:
+            defaults = SamplingDefaults.from_json_dict(sampling)
+        except InputError as exc:
+            raise ConfigError(f"{path.name}: {exc}") from None
         curriculum = cls(corpus=path.parent / data["corpus"], vocab_size=int(data["tokenizer"]["vocab_size"]),
                          vae=dict(data["vae"]), llm=dict(model.get("llm") or {}), vit=dict(model.get("vit") or {}),
                          stages=tuple(stages), instruction=dict(data.get("instruction_corpus") or {}),
-                         vit_warmup=None if warmup is None else VitWarmup.from_dict(warmup), source=path)
+                         vit_warmup=None if warmup is None else VitWarmup.from_dict(warmup), source=path,
+                         sampling=defaults)
         curriculum.vae_config()  # refuse bad architecture fields now, not after the corpus is built
         curriculum.model_config(curriculum.vae_config())
         return curriculum
@@ -224,6 +240,7 @@ def run_curriculum(path: str | Path, out: str | Path, *, scale: float = 1.0,
         model.mkdir(exist_ok=True)
         for name in MODEL_FILES:
             shutil.copyfile(previous / name, model / name)  # type: ignore[operator]
+        curriculum.sampling.save_to_dir(model)
         run = {"steps": steps.state, "scale": scale, "threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": platform.python_version(), "machine": platform.machine(),
                "curriculum": str(curriculum.source)}
