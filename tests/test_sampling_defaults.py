@@ -110,7 +110,10 @@ def test_the_http_api_starts_from_the_recommendation(recommending: Path) -> None
             return _pixels(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))))
 
         default, same, weaker = draw(), draw(guidance_scale=7.0), draw(guidance_scale=4.0)
+        shown = client.get("/v1/models").json()["data"][0]["unimedvl"]["guidance"]
     assert np.array_equal(default, same) and np.abs(default - weaker).max() > 0
+    assert shown["text_to_image"]["text_scale"] == 7.0 and shown["text_to_image"]["interval"] == [0.0, 1.0]
+    assert shown["editing"] == GuidanceOptions.editing().to_json_dict()
 
 
 def test_generation_eval_samples_as_generate_does_and_records_it(recommending: Path, tmp_path: Path) -> None:

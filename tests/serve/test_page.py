@@ -65,6 +65,9 @@ def test_page_reads_scans_asks_draws_and_edits(browser, tmp_path: Path) -> None:
         browser.get(url)
         _wait(browser, lambda d: "unimedvl-tiny" in d.find_element("id", "model-info").text)
         assert "64 / 128 px" in browser.find_element("id", "model-info").text  # the trained sizes are shown
+        # empty guidance fields: the model's recommendation (sampling_config.json) is what is sent and shown
+        _wait(browser, lambda d: d.find_element("id", "cfg-text").get_attribute("placeholder") == "6 / 4")
+        assert browser.find_element("id", "cfg-text").get_attribute("value") == ""
 
         ct = get_testdata_file("CT_small.dcm")
         browser.find_element("id", "file").send_keys(ct)

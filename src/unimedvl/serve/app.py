@@ -352,6 +352,8 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
                          "generation": model.load_mode == "full" and model.vae is not None,
                          "trained_sizes": list(sizes.generation_sizes or ()), "default_size": sizes.default_size,
                          "think": model.think_trained is not False,
+                         # what an image request samples with for each field it leaves out
+                         "guidance": {kind: model.guidance(kind).to_json_dict() for kind in ("text_to_image", "editing")},
                          "limits": {"max_new_tokens": settings.max_new_tokens, "max_steps": settings.max_steps,
                                     "max_images": settings.max_images, "max_image_bytes": settings.max_image_bytes}}}]})
 

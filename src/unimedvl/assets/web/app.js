@@ -82,6 +82,12 @@ async function loadModel() {
       option.value = side + "x" + side; option.textContent = side + " x " + side;
       $("size").appendChild(option);
     }
+    // Left empty, the guidance fields take the model's recommendation, shown as their placeholders.
+    const g = info.guidance;
+    $("cfg-text").placeholder = g.text_to_image.text_scale + " / " + g.editing.text_scale;
+    $("cfg-text").title = "text guidance: the model's default " + g.text_to_image.text_scale + " (generate), " +
+      g.editing.text_scale + " (edit)";
+    $("cfg-image").placeholder = String(g.editing.image_scale);
     $("generate").disabled = $("edit").disabled = !info.generation;
   } catch (e) { $("model-info").textContent = "cannot reach the server"; }
 }
@@ -150,13 +156,15 @@ async function draw(kind) {
       response = await fetch("/v1/images/generations", {
         method: "POST", headers: headers({ "Content-Type": "application/json" }),
         body: JSON.stringify({ prompt: prompt, size: $("size").value, stream: true, response_format: "b64_json",
-          num_inference_steps: Number(steps), guidance_scale: Number($("cfg-text").value), seed: Date.now() % 100000 }) });
+          num_inference_steps: Number(steps), seed: Date.now() % 100000,
+          ...($("cfg-text").value !== "" ? { guidance_scale: Number($("cfg-text").value) } : {}) }) });
     } else {
       if (!currentFile) { setStatus("choose an image to edit first"); return; }
       const form = new FormData();
       form.append("image", currentFile, currentFile.name);
       form.append("prompt", prompt); form.append("stream", "true"); form.append("num_inference_steps", steps);
-      form.append("guidance_scale", $("cfg-text").value); form.append("image_guidance_scale", $("cfg-image").value);
+      if ($("cfg-text").value !== "") form.append("guidance_scale", $("cfg-text").value);
+      if ($("cfg-image").value !== "") form.append("image_guidance_scale", $("cfg-image").value);
       for (const [k, v] of Object.entries(readerFields())) form.append(k, v);
       response = await fetch("/v1/images/edits", { method: "POST", body: form, headers: headers() });
     }
