@@ -79,7 +79,7 @@ def ask(
     print(f"\n{count} lines answered" + (f" -> {out}" if out is not None else ""), file=sys.stderr)
 
 
-@with_guidance("generate")
+@with_guidance("text_to_image")
 def generate(
     prompt: str = typer.Argument(..., help="What to draw, e.g. 'A chest X-ray with pneumonia.'"),
     out: Path = typer.Option(Path("generated.png"), "--out", "-o", help="Output image file (.png, .jpg, .webp)."),
@@ -108,7 +108,7 @@ def generate(
     print(f"wrote {out} ({image.width}x{image.height}) in {time.perf_counter() - start:.1f} s")
 
 
-@with_guidance("edit")
+@with_guidance("editing")
 def edit(
     image: Path = typer.Argument(..., help="Input image: PNG, JPEG, WebP (8 or 16 bit), DICOM or NIfTI."),
     instruction: str = typer.Argument(..., help="Edit instruction, e.g. 'Convert this H&E stain to HER2 IHC.'"),
@@ -140,8 +140,8 @@ def edit(
     model = choice.load()
     start = time.perf_counter()
     result = model.edit(source, instruction, guidance=model.guidance("editing", **guidance),
-                        understand_first=understand_first, think=think, seed=seed, sample_posterior=sample_posterior, height=height, width=width,
-                        progress=progress("edit"))
+                        understand_first=understand_first, think=think, seed=seed,
+                        sample_posterior=sample_posterior, height=height, width=width, progress=progress("edit"))
     save_image(result, out)
     resized = "" if result.size == source.size or height is not None else (
         f"; the {source.width}x{source.height} input was sized to the model's trained sizes")

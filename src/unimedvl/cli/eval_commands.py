@@ -220,7 +220,7 @@ def generation(
     config, sizes = choice.configs()
     side = sizes.default_size if size is None else size
     check_generation_size(config, side, side)
-    overrides = guidance_options("generate", cfg_text=cfg_text, shift=shift, cfg_interval=cfg_interval)
+    overrides = guidance_options("text_to_image", cfg_text=cfg_text, shift=shift, cfg_interval=cfg_interval)
     judge, inception = _judge(), _inception(extractor)
     results = evaluate_generation(choice.load(), judge, out, seeds=seeds, steps=steps, size=size, inception=inception,
                                   guidance=overrides, progress=log_progress("generate"))

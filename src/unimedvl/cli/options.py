@@ -7,9 +7,12 @@ import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
+
+if TYPE_CHECKING:  # torch-free at import: the CLI's startup stays light
+    from unimedvl.model.sampling import GuidanceKind
 
 CheckpointOpt = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder in the released layout "
                              "(default: the built-in tiny model).")
@@ -115,11 +118,11 @@ GUIDANCE_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
 )
 
 
-def guidance_options(kind: Literal["generate", "edit"], **values: Any) -> dict[str, Any]:
+def guidance_options(kind: GuidanceKind, **values: Any) -> dict[str, Any]:
     """The guidance settings the flags give (GuidanceOptions fields), checked now, before any model loads;
     the command lays them over the checkpoint's recommendation (`UniMedVL.guidance`)."""
     from unimedvl.errors import InputError
-    from unimedvl.model.sampling import GuidanceOptions
+    from unimedvl.model.sampling import SamplingDefaults
 
     overrides: dict[str, Any] = {}
     for name, flag, _, field_name, _ in GUIDANCE_FLAGS:
@@ -134,12 +137,11 @@ def guidance_options(kind: Literal["generate", "edit"], **values: Any) -> dict[s
             except ValueError:
                 raise InputError(f"{flag} must look like 0.4,1.0, got {values[name]!r}") from None
         overrides[field_name] = value
-    factory = GuidanceOptions.editing if kind == "edit" else GuidanceOptions.text_to_image
-    factory(**overrides)  # refuse bad values before loading
+    SamplingDefaults().options(kind, **overrides)  # refuse bad values before loading
     return overrides
 
 
-def with_guidance(kind: Literal["generate", "edit"]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def with_guidance(kind: GuidanceKind) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command the guidance flags; it receives the ones given as one `guidance: dict` argument
     (GuidanceOptions fields, for `UniMedVL.guidance`)."""
 

@@ -78,8 +78,7 @@ class GuidanceOptions:
 
     def to_json_dict(self) -> dict[str, object]:
         """The options as JSON values (for results files)."""
-        return {name: list(value) if isinstance(value, tuple) else value
-                for name, value in ((f, getattr(self, f)) for f in self.__dataclass_fields__)}
+        return _json_values({f: getattr(self, f) for f in self.__dataclass_fields__})
 
     @classmethod
     def text_to_image(cls, **overrides: object) -> "GuidanceOptions":
@@ -139,8 +138,7 @@ class SamplingDefaults:
         return cls(**{kind: data.get(kind) or {} for kind in GUIDANCE_KINDS})  # type: ignore[arg-type]
 
     def to_json_dict(self) -> dict[str, object]:
-        return {kind: {k: list(v) if isinstance(v, tuple) else v for k, v in getattr(self, kind).items()}
-                for kind in GUIDANCE_KINDS if getattr(self, kind)}
+        return {kind: _json_values(getattr(self, kind)) for kind in GUIDANCE_KINDS if getattr(self, kind)}
 
     @classmethod
     def from_checkpoint_dir(cls, folder: str | Path) -> "SamplingDefaults":
@@ -162,8 +160,14 @@ class SamplingDefaults:
 
         from unimedvl.utils.files import atomic_write_text
 
-        if self.to_json_dict():
-            atomic_write_text(Path(folder) / SAMPLING_FILE, json.dumps(self.to_json_dict(), indent=2) + "\n")
+        data = self.to_json_dict()
+        if data:
+            atomic_write_text(Path(folder) / SAMPLING_FILE, json.dumps(data, indent=2) + "\n")
+
+
+def _json_values(options: dict[str, object]) -> dict[str, object]:
+    """Guidance settings as JSON holds them (the interval tuple as a list)."""
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in options.items()}
 
 
 def shift_time(t: T, shift: float) -> T:

@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from unimedvl.assets import WEB
 from unimedvl.errors import UnimedvlError
 from unimedvl.inference.engine import TextOptions, UniMedVL, check_generation_size
-from unimedvl.model.sampling import GuidanceOptions
+from unimedvl.model.sampling import GUIDANCE_KINDS, GuidanceOptions
 from unimedvl.serve.content import chat_input, read_image_bytes, reader_options
 from unimedvl.serve.metrics import Metrics
 from unimedvl.serve.protocol import APIError, ChatCompletionRequest, ImageGenerationRequest, ReaderOptions, parse_size
@@ -353,7 +353,7 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
                          "trained_sizes": list(sizes.generation_sizes or ()), "default_size": sizes.default_size,
                          "think": model.think_trained is not False,
                          # what an image request samples with for each field it leaves out
-                         "guidance": {kind: model.guidance(kind).to_json_dict() for kind in ("text_to_image", "editing")},
+                         "guidance": {kind: model.guidance(kind).to_json_dict() for kind in GUIDANCE_KINDS},
                          "limits": {"max_new_tokens": settings.max_new_tokens, "max_steps": settings.max_steps,
                                     "max_images": settings.max_images, "max_image_bytes": settings.max_image_bytes}}}]})
 
