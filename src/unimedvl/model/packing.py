@@ -122,6 +122,32 @@ class PackLayout:
     position_ids: torch.Tensor
     gen_expert: torch.Tensor  # bool: token goes through the generation expert
 
+    def rows(self, start: int, end: int) -> "PackLayout":
+        """The layout of rows `start:end` (one sample's span, for its own attention mask)."""
+        return PackLayout(*(t[start:end] for t in (self.sample_ids, self.split_ids, self.split_kinds,
+                                                   self.position_ids, self.gen_expert)))
+
+    def sample_spans(self) -> tuple[tuple[int, int], ...]:
+        """(first row, end row) of each sample; a builder lays samples out one after another."""
+        _, counts = torch.unique_consecutive(self.sample_ids, return_counts=True)
+        ends = counts.cumsum(0).tolist()
+        return tuple(zip([0, *ends[:-1]], ends))
+
+
+@dataclass(frozen=True)
+class SampleAttention:
+    """A pack's attention as one block per sample (samples never see each other): row spans and masks.
+
+    Attending sample by sample costs the sum of each sample's length squared instead of the pack's,
+    and never materialises the `[L, L]` mask (the "varlen" form of packed attention).
+    """
+
+    spans: tuple[tuple[int, int], ...]
+    masks: tuple[torch.Tensor, ...]  # [l, l] bool per sample, True = may attend
+
+    def to(self, device: torch.device | str) -> "SampleAttention":
+        return SampleAttention(self.spans, tuple(m.to(device) for m in self.masks))
+
 
 @dataclass(frozen=True)
 class PackedBatch:
@@ -136,7 +162,6 @@ class PackedBatch:
     segments: tuple[Segment, ...]
     starts: tuple[int, ...]
     layout: PackLayout
-    attention_mask: torch.Tensor  # [L, L] bool, True = may attend
     ce_positions: torch.Tensor
     ce_targets: torch.Tensor
     special: SpecialTokens
@@ -146,6 +171,16 @@ class PackedBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.layout.position_ids.numel())
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """The whole pack's mask `[L, L]` (True = may attend): the dense form of :meth:`sample_attention`."""
+        return pack_attention_mask(self.layout)
+
+    def sample_attention(self) -> SampleAttention:
+        """The same rules as :attr:`attention_mask`, one block per sample."""
+        spans = self.layout.sample_spans()
+        return SampleAttention(spans, tuple(pack_attention_mask(self.layout.rows(s, e)) for s, e in spans))
 
     @property
     def num_ce_tokens(self) -> int:
@@ -213,8 +248,8 @@ class PackBuilder:
     def build(self, *, sample_ids: tuple[str, ...] = (), seed: int = 0) -> PackedBatch:
         layout = self.layout()
         ce_positions, ce_targets = (torch.tensor(c, dtype=torch.long) for c in self._ce)
-        return PackedBatch(tuple(self._segments), tuple(self._starts), layout, pack_attention_mask(layout),
-                           ce_positions, ce_targets, self.special, tuple(sample_ids), seed)
+        return PackedBatch(tuple(self._segments), tuple(self._starts), layout, ce_positions, ce_targets,
+                           self.special, tuple(sample_ids), seed)
 
 
 # ------------------------------------------------------------------ masks

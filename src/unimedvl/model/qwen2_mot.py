@@ -28,6 +28,7 @@ from unimedvl.config import LLMConfig
 from unimedvl.model.decode_layer import FUSED
 from unimedvl.model.kv_cache import KVBlock, KVCache
 from unimedvl.model.layers import Embedding, Linear, RMSNorm, apply_rope
+from unimedvl.model.packing import SampleAttention
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class BlockInputs:
     causal: bool = False  # a causal text block over its cache: bottom-right causal, no mask materialised
     row_caches: tuple[KVBlock, ...] | None = None  # batched decoding: row i is one token of its own context
     branch_caches: tuple[KVBlock, ...] | None = None  # batched guidance: equal row groups, each over its context
+    samples: SampleAttention | None = None  # a whole pack attended sample by sample (instead of `attn_mask`)
 
 
 class MoTAttention(nn.Module):
@@ -202,6 +204,17 @@ class MoTAttention(nn.Module):
             outs.append(out[0].transpose(0, 1).reshape(m, -1))
         return torch.cat(outs)
 
+    def _attend_samples(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, samples: SampleAttention
+                        ) -> torch.Tensor:
+        """A training pack, each sample over its own rows with its own mask (no `[L, L]` work or mask)."""
+        outs = []
+        for (start, end), mask in zip(samples.spans, samples.masks):
+            q_s, k_s, v_s = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q_s, k_s, v_s, attn_mask=mask,
+                                                 enable_gqa=self.num_heads != self.num_kv_heads)
+            outs.append(out[0].transpose(0, 1).reshape(end - start, -1))
+        return torch.cat(outs)
+
     def forward(self, x: torch.Tensor, inputs: BlockInputs, keep: int | None = None) -> torch.Tensor:
         """Attention output after o_proj `[L, H]`; with `keep`, of the block's last `keep` rows only (see `forward_last`)."""
         if keep is not None:
@@ -246,6 +259,8 @@ class MoTAttention(nn.Module):
 
         `q` may hold only the block's last rows (`forward_last`); `k` and `v` hold all of them.
         """
+        if inputs.samples is not None:
+            return self._attend_samples(q, k, v, inputs.samples)
         if inputs.cache is None:  # a whole packed sequence (training): keys are the block itself
             k_all, v_all = k.transpose(0, 1), v.transpose(0, 1)
         else:
@@ -313,7 +328,8 @@ class Qwen2MoTModel(nn.Module):
                 attn_mask: torch.Tensor | None = None, cache: KVBlock | None = None,
                 checkpoint_layers: bool = False, causal: bool = False,
                 row_caches: tuple[KVBlock, ...] | None = None,
-                branch_caches: tuple[KVBlock, ...] | None = None, keep_last: int | None = None) -> torch.Tensor:
+                branch_caches: tuple[KVBlock, ...] | None = None, keep_last: int | None = None,
+                samples: SampleAttention | None = None) -> torch.Tensor:
         """Run one query block `[L, H]`; returns final-normed hidden states `[L, H]` (`[keep_last, H]` with it).
 
         Args:
@@ -333,6 +349,8 @@ class Qwen2MoTModel(nn.Module):
                 only fills the cache). The last layer then computes keys and values for every row but queries,
                 attention, o_proj and MLP for the kept rows alone: a prompt prefill needs its cache and at most
                 the last row. The cache is the same as without it.
+            samples: a whole pack (no cache) attended one sample at a time instead of through `attn_mask`:
+                the same rules at the cost of each sample's length squared (`PackedBatch.sample_attention`).
         """
         routing = Routing.from_mask(gen_mask)
         cos, sin = self.rope(position_ids, embeds.dtype)
@@ -344,12 +362,15 @@ class Qwen2MoTModel(nn.Module):
                                           or embeds.shape[0] % len(branch_caches)):
             raise ValueError("batched guidance takes equal row groups, one cache each, and no block cache or mask")
         n = embeds.shape[0]
+        if samples is not None and (cache is not None or attn_mask is not None or causal or row_caches is not None
+                                    or branch_caches is not None or not samples.spans or samples.spans[-1][1] != n):
+            raise ValueError("sample-wise attention takes a whole pack: no cache or mask, and spans covering every row")
         if keep_last is not None and (cache is None or not 0 <= keep_last <= n):
             raise ValueError(f"keep_last takes a cached block and 0..{n} rows, got {keep_last}")
         if keep_last == n:
             keep_last = None
         inputs = BlockInputs(routing, cos, sin, attn_mask, cache, causal=causal and n > 1,
-                             row_caches=row_caches, branch_caches=branch_caches)
+                             row_caches=row_caches, branch_caches=branch_caches, samples=samples)
         x = embeds
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):

@@ -244,12 +244,14 @@ class UniMedVLModel(nn.Module):
                                            branch_caches=tuple(blocks))
         return [self.llm2vae(hidden[b * m + 1:(b + 1) * m - 1]) for b in range(count)]
 
-    def forward(self, batch: PackedBatch, *, checkpoint_layers: bool = False) -> PackedOutput:
+    def forward(self, batch: PackedBatch, *, checkpoint_layers: bool = False, per_sample: bool = True) -> PackedOutput:
         """A packed training sequence -> logits at its CE rows and a velocity per noisy image.
 
         Every latent segment must carry its latent `tokens` (the objective encodes the pack's
         images with the VAE first). Everything that touches the weights runs here, inside forward,
-        so FSDP2 can gather them.
+        so FSDP2 can gather them. `per_sample` attends one sample at a time (the same rules; faster
+        as packs grow); False runs one attention over the pack's whole `[L, L]` mask, whose float
+        sums differ in the last bits (what UniMedVL-tiny was trained with).
         """
         # Every token id of the pack (texts and image markers) in one embedding lookup: each lookup's
         # backward fills a dense vocabulary-sized gradient, which 25 lookups per pack made 40% of a step.
@@ -277,7 +279,8 @@ class UniMedVLModel(nn.Module):
         layout = batch.layout
         hidden = self.language_model.model(embeds, layout.position_ids.to(self.device),
                                            gen_mask=layout.gen_expert.to(self.device),
-                                           attn_mask=batch.attention_mask.to(self.device),
+                                           attn_mask=None if per_sample else batch.attention_mask.to(self.device),
+                                           samples=batch.sample_attention().to(self.device) if per_sample else None,
                                            checkpoint_layers=checkpoint_layers)
         logits = self.logits(hidden[batch.ce_positions.to(self.device)])
         velocities = [self.llm2vae(hidden[first:first + rows]) for first, rows in batch.noisy_latent_rows()]

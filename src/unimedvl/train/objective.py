@@ -61,9 +61,9 @@ def encode_latents(model: UniMedVLModel, vae: AutoEncoder, batch: PackedBatch, *
 
 
 def pack_losses(model: UniMedVLModel, vae: AutoEncoder, batch: PackedBatch, *, timestep_shift: float,
-                checkpoint_layers: bool = False) -> LossSums:
+                checkpoint_layers: bool = False, per_sample: bool = True) -> LossSums:
     encoded, targets = encode_latents(model, vae, batch, timestep_shift=timestep_shift)
-    out = model(encoded, checkpoint_layers=checkpoint_layers)
+    out = model(encoded, checkpoint_layers=checkpoint_layers, per_sample=per_sample)
     zero = out.logits.sum() * 0.0  # keeps both sums in the graph when a pack has no text or no latent loss
     ce_sum = zero
     if batch.num_ce_tokens:

@@ -207,7 +207,8 @@ class Trainer:
         for pack in mine:
             with autocast:
                 sums = pack_losses(self.model, self.vae, pack, timestep_shift=c.timestep_shift,
-                                   checkpoint_layers=c.activation_checkpointing)
+                                   checkpoint_layers=c.activation_checkpointing,
+                                   per_sample=c.packed_attention == "per_sample")
             ce = sums.ce_sum / max(ce_count, 1.0)
             mse = sums.mse_sum / max(mse_count, 1.0)
             (self.world * (c.ce_weight * ce + c.mse_weight * mse)).backward()
