@@ -10,7 +10,8 @@ first). For each config and context length T it measures, ours and the peer inte
   last layer computes queries, attention and MLP for the last row only, `keep_last=1`; also every row, as
   `transformers` does, interleaved beside it);
 * decode: 32 greedy steps after a T-token prefill, tokens/s, also with every layer eager (no compiled
-  layer graphs, `model/decode_layer.py`) interleaved beside it; for the --int8 configs also the same model
+  layer graphs, `model/decode_layer.py`) and with SDPA's attention instead of the built CPU kernel
+  (`model/decode_attention.py`) interleaved beside it; for the --int8 configs also the same model
   with int8 decoder weights (one scale per row, as `ask --int8` loads it), with its logit drift.
 Machine limits measured by the script: the matmul peak in the compute dtype (prefill GFLOP/s is a fraction
 of it) and the memory read bandwidth (decode reads every active weight per token: its limit is bandwidth /
@@ -35,6 +36,7 @@ from unimedvl.assets import REFERENCE_TINY
 from unimedvl.checkpoint.folder import load_checkpoint
 from unimedvl.config import LLMConfig, UnifiedConfig
 from unimedvl.model.builder import build_model
+from unimedvl.model.decode_attention import DECODE_ATTENTION
 from unimedvl.model.decode_layer import FUSED
 
 DECODE_STEPS = 32
@@ -233,7 +235,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
             continue
         ids = torch.randint(0, cfg.vocab_size, (context,), generator=torch.Generator().manual_seed(2))
         r = 1 if context >= 4096 and name == "small" else repeats
-        times = {"ours_prefill": [], "all_rows_prefill": [], "hf_prefill": [], "ours_decode": [], "eager_layers_decode": [], "hf_decode": [],
+        times = {"ours_prefill": [], "all_rows_prefill": [], "hf_prefill": [], "ours_decode": [], "eager_layers_decode": [],
+                 "sdpa_attention_decode": [], "hf_decode": [],
                  "int8_decode": [], "int8_dynamic_decode": []}
         for _ in range(r):  # interleaved, so both see the same machine state
             times["ours_prefill"].append(timed(lambda: ours_prefill(model, ids)))
@@ -254,6 +257,11 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
                 times["eager_layers_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
             finally:
                 FUSED.off = False
+            DECODE_ATTENTION.off = True  # the same decode with SDPA's attention (what model/decode_attention.py replaces)
+            try:
+                times["sdpa_attention_decode"].append(timed(lambda: ours_decode(model, cache, token, DECODE_STEPS)))
+            finally:
+                DECODE_ATTENTION.off = False
             if quantized is not None:
                 times["int8_decode"].append(timed(lambda: ours_decode(quantized, int8_cache, token, DECODE_STEPS)))
                 times["int8_dynamic_decode"].append(timed(lambda: ours_decode(dynamic, dynamic_cache, token,
@@ -268,6 +276,7 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
                "prefill_peak_fraction": llm_flops(cfg, context, context) / best["all_rows_prefill"] / 1e9 / peak,
                "decode_tok_s": DECODE_STEPS / best["ours_decode"],
                "eager_layers_decode_tok_s": DECODE_STEPS / best["eager_layers_decode"], "hf_decode_tok_s": DECODE_STEPS / best["hf_decode"],
+               "sdpa_attention_decode_tok_s": DECODE_STEPS / best["sdpa_attention_decode"],
                "decode_limit_tok_s": limit, "logit_drift": drift, "bandwidth_beside_decode_gbs": max(beside),
                "decode_limit_beside_tok_s": max(beside) * 1e9 / active_bytes(cfg, context + DECODE_STEPS // 2,
                                                                              element_size)}
@@ -280,7 +289,8 @@ def bench_config(name: str, contexts: list[int], repeats: int, peak: float, band
         print(f"  {name} T={context}: prefill {row['prefill_tok_s']:,.0f} (every row {row['all_rows_prefill_tok_s']:,.0f}) "
               f"vs {row['hf_prefill_tok_s']:,.0f} tok/s, "
               f"decode {row['decode_tok_s']:,.1f} vs {row['hf_decode_tok_s']:,.1f} tok/s "
-              f"(eager layers {row['eager_layers_decode_tok_s']:,.1f})", flush=True)
+              f"(eager layers {row['eager_layers_decode_tok_s']:,.1f}, SDPA attention {row['sdpa_attention_decode_tok_s']:,.1f})",
+              flush=True)
     return rows
 
 
@@ -296,6 +306,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    DECODE_ATTENTION.ensure_built()  # a first build takes ~30 s: not inside a timed decode
     probe = ReadProbe()
     dtype = torch.float32 if args.compute == "float32" else torch.bfloat16
     peak, probes = matmul_peak_gflops(dtype=dtype), probe.all()
@@ -311,14 +322,15 @@ def main() -> None:
                              with_int8=args.compute == "float32" and name in args.int8.split(","), probe=probe,
                              compute=args.compute)
     print("\n| config | T | prefill tok/s | vs transformers | every row vs transformers | every row, of matmul peak | decode tok/s "
-          "| vs transformers | vs eager layers | of bandwidth limit | of the limit probed beside it |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| vs transformers | vs eager layers | vs SDPA attention | of bandwidth limit | of the limit probed beside it |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['context']} | {r['prefill_tok_s']:,.0f} | "
               f"{r['prefill_tok_s'] / r['hf_prefill_tok_s']:.2f}x | "
               f"{r['all_rows_prefill_tok_s'] / r['hf_prefill_tok_s']:.2f}x | {100 * r['prefill_peak_fraction']:.0f}% | "
               f"{r['decode_tok_s']:,.1f} | {r['decode_tok_s'] / r['hf_decode_tok_s']:.2f}x | "
               f"{r['decode_tok_s'] / r['eager_layers_decode_tok_s']:.2f}x | "
+              f"{r['decode_tok_s'] / r['sdpa_attention_decode_tok_s']:.2f}x | "
               f"{100 * r['decode_tok_s'] / r['decode_limit_tok_s']:.0f}% | "
               f"{100 * r['decode_tok_s'] / r['decode_limit_beside_tok_s']:.0f}% ({r['bandwidth_beside_decode_gbs']:.0f} GB/s) |")
     int8_rows = [r for r in rows if "int8_decode_tok_s" in r]
@@ -338,6 +350,8 @@ def main() -> None:
           f"(UNIMEDVL_FAST_DECODE={MATVEC.mode}): " + (", ".join(f"{k} {v}" for k, v in choices.items()) or "none measured"))
     print("decoding's layer step (eager or two compiled graphs) per layer shape: "
           + (", ".join(f"{k} {v}" for k, v in layers.items()) or "none measured"))
+    print("decoding's attention (SDPA or the built kernel) per head layout and key range: "
+          + (", ".join(f"{k} {v}" for k, v in DECODE_ATTENTION.choices().items()) or "none measured"))
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "bandwidth_gbs": bandwidth, "rows": rows,
                                          "matvec_kernels": choices, "decode_layers": layers}, indent=1))

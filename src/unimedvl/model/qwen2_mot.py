@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from unimedvl.config import LLMConfig
+from unimedvl.model.decode_attention import DECODE_ATTENTION
 from unimedvl.model.decode_layer import FUSED
 from unimedvl.model.kv_cache import KVBlock, KVCache
 from unimedvl.model.layers import Embedding, Linear, RMSNorm, apply_rope
@@ -177,7 +178,6 @@ class MoTAttention(nn.Module):
         Each row's key and value are written straight into its context's preallocated row (decoding
         blocks are committed, so they write in place) and attended there: no copies, few Python steps.
         """
-        gqa = self.num_heads != self.num_kv_heads
         outs = []
         for i, block in enumerate(rows):
             store, start = block.cache.store, block.start
@@ -187,8 +187,8 @@ class MoTAttention(nn.Module):
             k_all, v_all = keys[:, : start + 1], values[:, : start + 1]
             if k_all.dtype != q.dtype:
                 k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
-            outs.append(F.scaled_dot_product_attention(q[i][None, :, None], k_all[None], v_all[None], enable_gqa=gqa))
-        return torch.cat(outs).reshape(q.shape[0], -1)  # [B, Hq * D]
+            outs.append(DECODE_ATTENTION(q[i], k_all, v_all))  # SDPA, or the CPU kernel on long fp32 caches
+        return torch.stack(outs).reshape(q.shape[0], -1)  # [B, Hq * D]
 
     def _attend_branches(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: tuple[KVBlock, ...]
                          ) -> torch.Tensor:
@@ -270,6 +270,8 @@ class MoTAttention(nn.Module):
             mask = mask[-q.shape[0]:]  # the kept queries' rows
         if inputs.cache is not None and mask is None:
             mask = inputs.cache.key_mask(k.shape[0])  # a fork behind the store's tail: skip the owner's rows
+        if mask is None and q.shape[0] == 1 and DECODE_ATTENTION.applies(q[0], k_all):  # a decoding row, long cache
+            return DECODE_ATTENTION(q[0], k_all, v_all).reshape(1, -1)
         if inputs.causal:
             # SDPA takes the causal kernel for this (a dense boolean mask forces the slower masked path);
             # lower-right alignment: query r sees cached keys and block keys up to r.
