@@ -110,3 +110,19 @@ def test_fast_decode_0_never_builds_and_auto_times_both(kernel: DecodeAttention)
         for _ in range(12):  # a warm-up call, then the two alternate until each has run TRIALS times
             torch.testing.assert_close(auto(q, k, v), sdpa_decode(q, k, v), atol=2e-6, rtol=1e-5)
     assert list(auto.choices()) == ["8/2 heads of 64, 2048+ keys"] and set(auto.choices().values()) <= {"sdpa", "kernel"}
+
+
+def test_non_finite_values_propagate_as_sdpas_do(kernel: DecodeAttention) -> None:
+    # Built with -ffast-math (for vector exp): a NaN or inf must still reach the same heads as through SDPA.
+    q, k, v = torch.randn(16, 64), torch.randn(4, 2000, 64), torch.randn(4, 2000, 64)
+    q_nan, k_nan, v_inf, k_huge = q.clone(), k.clone(), v.clone(), k.clone()
+    q_nan[3, 5] = float("nan")
+    k_nan[1, 700, 3] = float("nan")
+    v_inf[2, 10, 0] = float("inf")
+    k_huge[0, 5, 0] = 1e30
+    for args in ((q_nan, k, v), (q, k_nan, v), (q, k, v_inf), (q, k_huge, v)):
+        out, reference = kernel.module.decode_attention(*args, 0.125), sdpa_decode(*args)
+        assert torch.equal(torch.isnan(out), torch.isnan(reference))
+        assert torch.equal(torch.isinf(out), torch.isinf(reference))
+        finite = torch.isfinite(reference)
+        torch.testing.assert_close(out[finite], reference[finite], atol=2e-6, rtol=1e-5)
