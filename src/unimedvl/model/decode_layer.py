@@ -98,8 +98,11 @@ class FusedDecoding:
     def __call__(self, layer: "MoTDecoderLayer", x: torch.Tensor, inputs: "BlockInputs",
                  eager: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         gen = bool(inputs.routing.single_expert)
+        gate = getattr((layer.mlp_moe_gen if gen else layer.mlp).gate_proj, "weight", None)
+        if gate is None or gate.numel() < MIN_WEIGHTS:  # small layers sit in cache: no gain (checked first: cheap)
+            return eager(x)
         weights = layer_weights(layer, gen)
-        if weights is None or weights["gate"][0].numel() < MIN_WEIGHTS:  # small layers sit in cache: no gain
+        if weights is None:
             return eager(x)
         key = (gen, *((tuple(w[0].shape), w[0].dtype, w[1] is None, w[2] is None) for w in weights.values()))
 
