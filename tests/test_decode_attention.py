@@ -126,3 +126,45 @@ def test_non_finite_values_propagate_as_sdpas_do(kernel: DecodeAttention) -> Non
         assert torch.equal(torch.isinf(out), torch.isinf(reference))
         finite = torch.isfinite(reference)
         torch.testing.assert_close(out[finite], reference[finite], atol=2e-6, rtol=1e-5)
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared_a_live_one_is_not(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    from unimedvl.model import decode_attention
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "unimedvl_decode_attention_x" / "lock"
+    lock.parent.mkdir()
+    lock.write_text("")
+    decode_attention._clear_stale_lock("unimedvl_decode_attention_x")
+    assert lock.exists()  # a build may be running right now: torch's builder waits for it
+    old = time.time() - decode_attention.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    seen = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: seen.append((kw["name"], lock.exists())) or "module")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "X")
+    assert decode_attention.build_kernel() == "module"
+    assert seen == [("unimedvl_decode_attention_x", False)]  # the stale lock was gone before torch looked
+
+
+def test_the_server_builds_the_kernel_beside_startup(engine, monkeypatch) -> None:  # noqa: ANN001
+    import threading
+
+    import uvicorn
+
+    from unimedvl.serve import run
+    from unimedvl.serve.settings import ServerSettings
+
+    built = threading.Event()
+    monkeypatch.setattr(DECODE_ATTENTION, "ensure_built", built.set)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    threads = torch.get_num_threads()
+    try:
+        run.serve(engine, ServerSettings())
+    finally:
+        torch.set_num_threads(threads)
+    assert built.wait(10), "serve did not start building the decoding-attention kernel"

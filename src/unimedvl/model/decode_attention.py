@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ from unimedvl.model.matvec import MATVEC, KernelTrial, MatvecKernels, run_trial
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode_attention.cpp"
 MIN_KEYS = 1024  # below this the attention is a small share of a step: not worth a build
+STALE_LOCK_S = 600.0  # a build lock older than this was left by a killed build
 HEAD_DIMS = (16, 32, 48, 64, 80, 96, 128, 256)  # compiled in (csrc/decode_attention.cpp)
 # Vector flags per torch's own CPU capability reading: the build is named after it, so one machine's
 # build is never loaded on a CPU without those instructions.
@@ -49,9 +51,24 @@ def build_kernel(verbose: bool = False):  # noqa: ANN201  (a compiled extension 
     _put_ninja_on_path()
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ARCH_FLAGS.get(capability, [])
+    name = f"unimedvl_decode_attention_{capability.lower()}"
+    _clear_stale_lock(name)
     # -ffast-math lets GCC call glibc's vector exp; -fopenmp-simd honours the kernel's `omp simd` loops.
-    return load(name=f"unimedvl_decode_attention_{capability.lower()}", sources=[str(SOURCE)],
-                extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *flags], verbose=verbose)
+    return load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *flags],
+                verbose=verbose)
+
+
+def _clear_stale_lock(name: str, older_than_s: float = STALE_LOCK_S) -> None:
+    """torch's builder waits, without end, while its folder's `lock` file exists; a build killed midway
+    (Ctrl-C, a stopped server) leaves one behind. A build takes about 30 s, so an old lock is stale."""
+    from torch.utils import cpp_extension
+
+    try:
+        lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > older_than_s:
+            lock.unlink()
+    except OSError:
+        pass  # unreadable or already gone: torch's own handling applies
 
 
 def _put_ninja_on_path() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from unimedvl.inference.engine import UniMedVL
 from unimedvl.serve.settings import ServerSettings, check_bind
@@ -26,6 +27,12 @@ def serve(model: UniMedVL, settings: ServerSettings, *, host: str = "127.0.0.1",
 
     check_bind(host, settings.api_key, allow_remote)
     torch.set_num_threads(compute_threads(threads))
+    if model.device.type == "cpu" and model.model.compute_dtype == torch.float32:
+        # Long-context decoding's attention kernel is built (or loaded) beside startup, so the first long
+        # request does not stall every running one for the build (model/decode_attention.py).
+        from unimedvl.model.decode_attention import DECODE_ATTENTION
+
+        threading.Thread(target=DECODE_ATTENTION.ensure_built, name="decode-attention-build", daemon=True).start()
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(message)s")
     # uvicorn's access log prints query strings; ours (route, status, time) replaces it.
     uvicorn.run(create_app(model, settings), host=host, port=port, log_level=log_level, access_log=False,
