@@ -322,7 +322,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    DECODE_ATTENTION.ensure_built()  # a first build takes ~30 s: not inside a timed decode
+    DECODE_ATTENTION.ensure_built()  # a first build takes ~35 s: not inside a timed decode
     probe = ReadProbe()
     dtype = torch.float32 if args.compute == "float32" else torch.bfloat16
     peak, probes = matmul_peak_gflops(dtype=dtype), probe.all()
@@ -369,7 +369,8 @@ def main() -> None:
           + (", ".join(f"{k} {v}" for k, v in DECODE_ATTENTION.choices().items()) or "none measured"))
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "bandwidth_gbs": bandwidth, "rows": rows,
-                                         "matvec_kernels": choices, "decode_layers": layers}, indent=1))
+                                         "matvec_kernels": choices, "decode_layers": layers,
+                                         "decode_attention": DECODE_ATTENTION.choices()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ At long contexts a decoding step's attention is a real share of its time: on the
 keys SDPA took about a sixth of each token, far slower than reading the cache should take (see
 `csrc/decode_attention.cpp`). The kernel there reads each key and value row once for all the query
 heads that share it. It is C++ built once per machine by `torch.utils.cpp_extension` (the compiler
-torch.compile already needs; about 30 s, cached under torch's extensions folder), and only when a
+torch.compile already needs; about 35 s, cached under torch's extensions folder), and only when a
 decoding step first meets `MIN_KEYS` keys. As with `matvec`, the two kernels are then timed in turn on
 the first calls of each head layout and key-count range (both give the right result, within 2e-6 of
 each other), and the faster serves the rest of the process. If it cannot be built, SDPA serves, with
@@ -60,7 +60,7 @@ def build_kernel(verbose: bool = False):  # noqa: ANN201  (a compiled extension 
 
 def _clear_stale_lock(name: str, older_than_s: float = STALE_LOCK_S) -> None:
     """torch's builder waits, without end, while its folder's `lock` file exists; a build killed midway
-    (Ctrl-C, a stopped server) leaves one behind. A build takes about 30 s, so an old lock is stale."""
+    (Ctrl-C, a stopped server) leaves one behind. A build takes about 35 s, so an old lock is stale."""
     from torch.utils import cpp_extension
 
     try:
@@ -104,7 +104,11 @@ class DecodeAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """`q [Hq, D]` (one row per head, unscaled) over `k, v [Hkv, T, D]` -> `[Hq, D]`."""
-        if not self.applies(q, k) or v.stride(2) != 1:
+        return self.run(q, k, v) if self.applies(q, k) else sdpa_decode(q, k, v)
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """As `__call__`, for a caller that has just checked `applies(q, k)` (decoding's hot path)."""
+        if v.stride(2) != 1:
             return sdpa_decode(q, k, v)
         if self.kernels.mode == "1":
             return self._kernel(q, k, v)
@@ -131,7 +135,7 @@ class DecodeAttention:
         return self.module.decode_attention(q.contiguous(), k, v, q.shape[1] ** -0.5)  # type: ignore[attr-defined]
 
     def _build(self) -> None:
-        print("unimedvl: loading the CPU decoding-attention kernel (built once per machine, about 30 s)",
+        print("unimedvl: loading the CPU decoding-attention kernel (built once per machine, about 35 s)",
               file=sys.stderr, flush=True)
         try:
             self.module = self.builder()

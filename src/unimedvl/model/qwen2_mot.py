@@ -271,7 +271,7 @@ class MoTAttention(nn.Module):
         if inputs.cache is not None and mask is None:
             mask = inputs.cache.key_mask(k.shape[0])  # a fork behind the store's tail: skip the owner's rows
         if mask is None and q.shape[0] == 1 and DECODE_ATTENTION.applies(q[0], k_all):  # a decoding row, long cache
-            return DECODE_ATTENTION(q[0], k_all, v_all).reshape(1, -1)
+            return DECODE_ATTENTION.run(q[0], k_all, v_all).reshape(1, -1)
         if inputs.causal:
             # SDPA takes the causal kernel for this (a dense boolean mask forces the slower masked path);
             # lower-right alignment: query r sees cached keys and block keys up to r.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hmac
 import io
 import json
@@ -251,8 +252,8 @@ def create_app(model: UniMedVL, settings: ServerSettings | None = None) -> FastA
             options = model.guidance(call, **overrides)
         except UnimedvlError as exc:
             raise APIError(400, str(exc)) from None
-        if options.num_timesteps > settings.max_steps:
-            options = model.guidance(call, **{**overrides, "num_timesteps": settings.max_steps})
+        if options.num_timesteps > settings.max_steps:  # a recommendation above the server's cap
+            options = dataclasses.replace(options, num_timesteps=settings.max_steps)
         return options
 
     def output_size(size: str | None) -> tuple[int | None, int | None]:
