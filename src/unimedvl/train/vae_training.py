@@ -75,7 +75,8 @@ class ImageSampler:
         return self._decoded[(g, i)]
 
 
-def _batch(sampler: ImageSampler, size: int, batch: int, rng: random.Random) -> torch.Tensor:
+def draw_batch(sampler: ImageSampler, size: int, batch: int, rng: random.Random) -> torch.Tensor:
+    """`batch` images in [-1, 1], each a random square crop resized to `size` px."""
     pixels = []
     for _ in range(batch):
         image = sampler.draw(rng)
@@ -83,6 +84,21 @@ def _batch(sampler: ImageSampler, size: int, batch: int, rng: random.Random) -> 
         left, top = rng.randint(0, image.width - side), rng.randint(0, image.height - side)
         pixels.append(to_tensor(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
     return torch.stack(pixels)
+
+
+def vae_loss(model: AutoEncoder, x: torch.Tensor, noise_seed: int,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L1 + beta * KL, L1, KL) of one batch; the latent is drawn from the posterior with `noise_seed`.
+
+    `model` works on raw latents (scale 1, shift 0): the scale and shift are measured after training.
+    """
+    mean, logvar = model.moments(x).chunk(2, dim=1)
+    logvar = logvar.clamp(-30, 20)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(noise_seed))
+    recon = model.decoder(z)
+    l1 = (recon - x).abs().mean()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+    return l1 + beta * kl, l1, kl
 
 
 def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, config: VAEConfig, steps: int = 500,
@@ -95,14 +111,8 @@ def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, 
     losses = []
     for step in range(steps):
         rng = random.Random(f"{seed}/{step}")
-        x = _batch(sampler, size, batch, rng)
-        mean, logvar = model.moments(x).chunk(2, dim=1)
-        logvar = logvar.clamp(-30, 20)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
-        recon = model.decoder(z)
-        l1 = (recon - x).abs().mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = l1 + beta * kl
+        x = draw_batch(sampler, size, batch, rng)
+        loss, l1, kl = vae_loss(model, x, rng.randrange(2**31), beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -113,7 +123,7 @@ def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, 
         if log_every and (step + 1) % log_every == 0:
             print(f"[vae] step {step + 1}/{steps} l1 {losses[-1]:.4f} kl {float(kl.detach()):.3f}", file=sys.stderr, flush=True)
     with torch.no_grad():  # latent statistics -> scale / shift, as FLUX's constants
-        x = _batch(sampler, size, 64, random.Random(f"{seed}/stats"))
+        x = draw_batch(sampler, size, 64, random.Random(f"{seed}/stats"))
         mean = model.moments(x).chunk(2, dim=1)[0]
         final = replace(config, shift_factor=round(float(mean.mean()), 4), scale_factor=round(1.0 / float(mean.std()), 4))
     save_vae(out, model, final)
