@@ -20,26 +20,22 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from unimedvl.assets import ASSETS
 from unimedvl.checkpoint.folder import load_vae
 from unimedvl.config import VAEConfig
-from unimedvl.eval.edit_bench import held_out_pairs, vae_ceilings
+from unimedvl.eval.edit_bench import held_out_pairs, sized_pair, vae_ceilings
 from unimedvl.eval.metrics.image import psnr
-from unimedvl.imaging.resize import resize_by
 from unimedvl.train.schedule import lr_factor
-from unimedvl.train.vae_training import ImageSampler, corpus_images, draw_batch, vae_loss
+from unimedvl.train.vae_training import ImageSampler, corpus_images, draw_batch, vae_step
 
 
 def pairs_at(corpus: Path, side: int, stride: int, per_modality: int):
     """(modality, target, bicubic) per held-out x2 pair, sized as `unimedvl eval edits` sizes them."""
     rows = []
     for sample, source, _, target in held_out_pairs(corpus, "super_resolution", per_modality=per_modality):
-        scale = side / max(target.size)
-        target_sized = resize_by(target, scale, stride)
-        fed = resize_by(source, scale, stride)
-        rows.append((sample.modality, target_sized, fed.resize(target_sized.size, Image.BICUBIC)))
+        target_sized, _, bicubic = sized_pair(source, target, side, stride)
+        rows.append((sample.modality, target_sized, bicubic))
     return rows
 
 
@@ -91,16 +87,10 @@ def main() -> None:
     every, started = max(1, args.steps // max(1, args.evals)), time.time()
     for step in range(args.steps):
         rng = random.Random(f"probe/{step}")
-        loss, l1, _ = vae_loss(vae, draw_batch(sampler, args.size, args.batch, rng), rng.randrange(2**31), 1e-4)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(step, 0, args.steps, "cosine", 0.0)
-        optimizer.step()
+        l1, _ = vae_step(vae, optimizer, draw_batch(sampler, args.size, args.batch, rng), rng.randrange(2**31), 1e-4,
+                         args.lr * lr_factor(step, 0, args.steps, "cosine", 0.0))
         if (step + 1) % 100 == 0:
-            print(f"step {step + 1}/{args.steps} l1 {float(l1.detach()):.4f} ({time.time() - started:.0f} s)",
-                  flush=True)
+            print(f"step {step + 1}/{args.steps} l1 {float(l1):.4f} ({time.time() - started:.0f} s)", flush=True)
         if (step + 1) % every == 0 or step + 1 == args.steps:
             print_table(step + 1, ceilings(vae, rows))
 

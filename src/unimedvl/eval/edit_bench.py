@@ -73,6 +73,16 @@ def vae_ceilings(vae, target: Image.Image, baseline: Image.Image) -> tuple[Image
     return Image.fromarray(to_uint8(decoded[0])), Image.fromarray(to_uint8(residual))
 
 
+def sized_pair(source: Image.Image, target: Image.Image, side: int, stride: int
+               ) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """(target at output side `side`, the input scaled as the target was, as the trainer feeds it
+    (train/packer.py), and that input up-sampled bicubically to the target's size: bicubic / the identity)."""
+    scale = side / max(target.size)
+    target_sized = resize_by(target, scale, stride)
+    fed = resize_by(source, scale, stride)
+    return target_sized, fed, fed.resize(target_sized.size, Image.BICUBIC)
+
+
 def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolution", size: int | None = None,  # noqa: ANN001
                    steps: int = 20, per_modality: int | None = 20, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> dict:
@@ -85,12 +95,9 @@ def evaluate_edits(engine, corpus: Path, out: Path, *, task: str = "super_resolu
     per_image: list[dict] = []
     (out / "images").mkdir(parents=True, exist_ok=True)
     for index, (sample, source, text, target) in enumerate(pairs):
-        scale = side / max(target.size)
-        target_sized = resize_by(target, scale, stride)
-        fed = resize_by(source, scale, stride)  # as the trainer feeds it (train/packer.py)
+        target_sized, fed, reference = sized_pair(source, target, side, stride)
         edited = engine.edit(fed, text, guidance=guidance, seed=seed, height=target_sized.height,
                              width=target_sized.width)
-        reference = fed.resize(target_sized.size, Image.BICUBIC)  # bicubic up-sampling / the identity
         edited.save(out / "images" / f"{index:04d}-{sample.modality}.png")
         round_trip, residual = vae_ceilings(engine.vae, target_sized, reference)
         per_image.append({"id": sample.id, "modality": sample.modality, "source": sample.source,

@@ -101,6 +101,19 @@ def vae_loss(model: AutoEncoder, x: torch.Tensor, noise_seed: int,
     return l1 + beta * kl, l1, kl
 
 
+def vae_step(model: AutoEncoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, noise_seed: int, beta: float,
+             lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on `vae_loss` at learning rate `lr` (gradients clipped to norm 1) -> (L1, KL)."""
+    loss, l1, kl = vae_loss(model, x, noise_seed, beta)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return l1.detach(), kl.detach()
+
+
 def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, config: VAEConfig, steps: int = 500,
               batch: int = 16, size: int = 64, lr: float = 1e-3, beta: float = 1e-4, seed: int = 0,
               source_balance: float = 1.0, log_every: int = 50) -> list[float]:
@@ -112,16 +125,11 @@ def train_vae(images: dict[str, list[bytes]] | list[bytes], out: str | Path, *, 
     for step in range(steps):
         rng = random.Random(f"{seed}/{step}")
         x = draw_batch(sampler, size, batch, rng)
-        loss, l1, kl = vae_loss(model, x, rng.randrange(2**31), beta)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(step, 0, steps, "cosine", 0.0)
-        optimizer.step()
-        losses.append(float(l1.detach()))
+        step_lr = lr * lr_factor(step, 0, steps, "cosine", 0.0)
+        l1, kl = vae_step(model, optimizer, x, rng.randrange(2**31), beta, step_lr)
+        losses.append(float(l1))
         if log_every and (step + 1) % log_every == 0:
-            print(f"[vae] step {step + 1}/{steps} l1 {losses[-1]:.4f} kl {float(kl.detach()):.3f}", file=sys.stderr, flush=True)
+            print(f"[vae] step {step + 1}/{steps} l1 {losses[-1]:.4f} kl {float(kl):.3f}", file=sys.stderr, flush=True)
     with torch.no_grad():  # latent statistics -> scale / shift, as FLUX's constants
         x = draw_batch(sampler, size, 64, random.Random(f"{seed}/stats"))
         mean = model.moments(x).chunk(2, dim=1)[0]
